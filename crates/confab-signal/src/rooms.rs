@@ -199,12 +199,14 @@ impl Rooms {
                     ))
                 }
                 // Someone meaning to make a private room must not silently land in a public one.
-                (None, Some(_)) => return Err(ProtoError::new(
-                    ErrorCode::Unauthorized,
-                    format!(
+                (None, Some(_)) => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Unauthorized,
+                        format!(
                         "room '{room_name}' already exists without a password; join without one or pick another name"
                     ),
-                )),
+                    ))
+                }
                 (None, None) => {}
             }
             if room.members.len() >= max {

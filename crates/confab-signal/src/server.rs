@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -247,10 +247,16 @@ fn accept(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
         shared.metrics.rejected(Rejection::MaxConnections);
         shared.tasks.spawn(async move {
+            // Answer, then drain what the client sent: closing with unread data would reset
+            // the connection before the client reads the answer.
             let mut tcp = tcp;
             let _ = tcp
                 .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 17\r\nconnection: close\r\n\r\nserver is full.\r\n")
                 .await;
+            let _ = tcp.shutdown().await;
+            let mut sink = [0u8; 1024];
+            let drain = async { while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         });
         return;
     };
