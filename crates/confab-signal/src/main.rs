@@ -73,6 +73,10 @@ struct Cli {
     /// Seconds TURN credentials stay valid.
     #[arg(long, env = "CONFAB_TURN_TTL", default_value_t = 3600)]
     turn_ttl: u64,
+    /// Runtime worker threads; 0 means one per core. 1 runs everything on one thread, which
+    /// costs the least CPU per message when one core is enough.
+    #[arg(long, env = "CONFAB_WORKERS", default_value_t = 0)]
+    workers: usize,
     /// Log format.
     #[arg(long, env = "CONFAB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -140,7 +144,12 @@ fn main() -> Result<()> {
     };
 
     let fds = confab_signal::raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = match cli.workers {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .context("starting the runtime")?;
     rt.block_on(async move {
         let tls = cfg.tls.is_some();
         let server = Server::bind(cfg).await?;

@@ -6,8 +6,9 @@
 //!                        └─ GET /ws ──upgrade──> WebSocket task
 //!                                                 ├─ reader: rate limit -> decode -> Hub
 //!                                                 ├─ writer: bounded queue -> socket
-//!                                                 └─ pings, idle timeout, shutdown
+//!                                                 └─ told to stop by the Hub or sweeper
 //! Hub (one mutex): Rooms state machine + the outbound queue of every connection
+//! sweeper (one task): pings every client, drops the silent ones
 //! ```
 //! The Hub delivers under its lock so every client sees room events in the order the state
 //! machine produced them. A client whose queue is full does not read: it is cut off rather
@@ -17,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -138,7 +139,28 @@ struct Hub {
 
 struct ConnHandle {
     tx: mpsc::Sender<Message>,
-    kill: Arc<Notify>,
+    ctl: Arc<ConnCtl>,
+}
+
+/// What the rest of the server shares with one connection task. One waker for every reason
+/// to stop, and no per-connection timer: the sweeper does liveness for all of them.
+struct ConnCtl {
+    stop: Notify,
+    /// Why it must stop: one of the `STOP_*` values.
+    why: AtomicU8,
+    /// Monotonic milliseconds (`Shared::now_mono_ms`) of the last frame received.
+    last_heard_ms: AtomicU64,
+}
+
+const STOP_SLOW_CONSUMER: u8 = 1;
+const STOP_SHUTDOWN: u8 = 2;
+const STOP_TIMEOUT: u8 = 3;
+
+impl ConnCtl {
+    fn stop(&self, why: u8) {
+        self.why.store(why, Relaxed);
+        self.stop.notify_one();
+    }
 }
 
 impl Server {
@@ -173,6 +195,7 @@ impl Server {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let Server { listener, shared } = self;
         tokio::pin!(stop);
+        let sweeper = shared.tasks.spawn(sweep(shared.clone()));
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -190,6 +213,10 @@ impl Server {
         let open = shared.metrics.connections.load(Relaxed);
         info!(open, "shutting down");
         shared.shutdown.cancel();
+        for conn in shared.hub.lock().expect("hub lock").conns.values() {
+            conn.ctl.stop(STOP_SHUTDOWN);
+        }
+        let _ = sweeper.await;
         shared.tasks.close();
         if tokio::time::timeout(shared.cfg.shutdown_grace, shared.tasks.wait()).await.is_err() {
             warn!("some connections did not close within the grace period");
@@ -395,8 +422,12 @@ where
 {
     let id = ConnId(shared.next_conn.fetch_add(1, Relaxed));
     let (tx, mut rx) = mpsc::channel::<Message>(shared.cfg.outbound_queue);
-    let kill = Arc::new(Notify::new());
-    shared.hub.lock().expect("hub lock").conns.insert(id, ConnHandle { tx: tx.clone(), kill: kill.clone() });
+    let ctl = Arc::new(ConnCtl { stop: Notify::new(), why: AtomicU8::new(0), last_heard_ms: AtomicU64::new(shared.now_mono_ms()) });
+    shared.hub.lock().expect("hub lock").conns.insert(id, ConnHandle { tx: tx.clone(), ctl: ctl.clone() });
+    if shared.shutdown.is_cancelled() {
+        // Upgraded just as the server stopped: the shutdown sweep may have missed us.
+        ctl.stop(STOP_SHUTDOWN);
+    }
     shared.metrics.connections.fetch_add(1, Relaxed);
     debug!(conn = id.0, "connected");
 
@@ -424,19 +455,22 @@ where
     };
     tokio::pin!(writer);
 
-    let mut ping = tokio::time::interval(shared.cfg.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut last_heard = Instant::now();
     let mut bucket = TokenBucket::new(shared.cfg.rate_burst, shared.cfg.rate_per_sec, shared.now_mono_ms());
     let mut strikes = Strikes::default();
     let mut writer_done = false;
+    // Created once, not per loop turn: re-creating it would register and unregister a
+    // waiter (two lock round trips) on every message.
+    let stopped = ctl.stop.notified();
+    tokio::pin!(stopped);
 
     let end = loop {
         tokio::select! {
             biased;
-            _ = kill.notified() => break End::Killed,
-            _ = shared.shutdown.cancelled() => break End::Close(CloseCode::Away, "server shutting down"),
+            _ = &mut stopped => break match ctl.why.load(Relaxed) {
+                STOP_SHUTDOWN => End::Close(CloseCode::Away, "server shutting down"),
+                STOP_TIMEOUT => End::Close(CloseCode::Policy, "no answer to pings"),
+                _ => End::Killed,
+            },
             r = &mut writer, if !writer_done => {
                 writer_done = true;
                 if let Err(e) = r { debug!(conn = id.0, error = %e, "write failed"); }
@@ -454,7 +488,7 @@ where
                     break End::Gone;
                 }
                 Some(Ok(msg)) => {
-                    last_heard = Instant::now();
+                    ctl.last_heard_ms.store(shared.now_mono_ms(), Relaxed);
                     let verdict = match msg {
                         Message::Text(t) => on_text(&shared, id, t.as_bytes(), &mut bucket, &mut strikes),
                         Message::Binary(_) => on_error(&shared, id, &mut strikes,
@@ -465,13 +499,6 @@ where
                     if let Some(end) = verdict { break end; }
                 }
             },
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= shared.cfg.idle_timeout {
-                    shared.metrics.rejected(Rejection::Timeout);
-                    break End::Close(CloseCode::Policy, "no answer to pings");
-                }
-                let _ = tx.try_send(Message::Ping(Bytes::new()));
-            }
         }
     };
 
@@ -536,6 +563,34 @@ fn on_error(shared: &Shared, id: ConnId, strikes: &mut Strikes, e: ProtoError) -
     }
 }
 
+/// Every `ping_interval`: ping each client, and stop those silent for `idle_timeout`. One
+/// timer for the whole server instead of one per connection.
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.ping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let idle_ms = shared.cfg.idle_timeout.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = shared.now_mono_ms();
+        let hub = shared.hub.lock().expect("hub lock");
+        for conn in hub.conns.values() {
+            if now.saturating_sub(conn.ctl.last_heard_ms.load(Relaxed)) >= idle_ms {
+                if conn.ctl.why.load(Relaxed) == 0 {
+                    shared.metrics.rejected(Rejection::Timeout);
+                }
+                conn.ctl.stop(STOP_TIMEOUT);
+            } else {
+                // A full queue is the slow-consumer rule's business, not the sweeper's.
+                let _ = conn.tx.try_send(Message::Ping(Bytes::new()));
+            }
+        }
+    }
+}
+
 impl Shared {
     fn deliver(&self, outs: Vec<Outbound>) {
         if outs.is_empty() {
@@ -572,7 +627,7 @@ impl Hub {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         // It does not read. Cut it off now; its room hears `peer_left`.
                         let conn = self.conns.remove(&to).expect("looked up above");
-                        conn.kill.notify_one();
+                        conn.ctl.stop(STOP_SLOW_CONSUMER);
                         metrics.rejected(Rejection::SlowConsumer);
                         warn!(conn = to.0, "outbound queue full: disconnecting a client that does not read");
                         work.extend(self.rooms.disconnect(to));
