@@ -129,6 +129,12 @@ fn main() -> Result<()> {
         None
     };
 
+    if cli.idle_timeout <= cli.ping_interval {
+        bail!("--idle-timeout ({} s) must be longer than --ping-interval ({} s), or every client times out", cli.idle_timeout, cli.ping_interval);
+    }
+    if cli.rate_burst == 0 || cli.rate_per_sec == 0 {
+        bail!("--rate-burst and --rate-per-sec must be at least 1");
+    }
     let cfg = Config {
         listen: cli.listen,
         max_peers: cli.max_peers as usize,

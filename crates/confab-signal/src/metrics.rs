@@ -36,7 +36,7 @@ const REJECTIONS: [(Rejection, &str); 6] = [
 pub struct Metrics {
     /// Open WebSocket connections.
     pub connections: AtomicI64,
-    /// Text frames received from clients.
+    /// Data frames (text or binary) received from clients.
     pub messages_received: AtomicU64,
     /// `signal` messages relayed to their addressee.
     pub signals_relayed: AtomicU64,
@@ -83,7 +83,7 @@ impl Metrics {
         );
         counter("confab_messages_sent_total", "Frames queued to clients.", self.messages_sent.load(Relaxed));
         let _ =
-            writeln!(s, "# HELP confab_errors_total Error replies sent, by code.\n# TYPE confab_errors_total counter");
+            writeln!(s, "# HELP confab_errors_total Messages refused, by error code.\n# TYPE confab_errors_total counter");
         for code in ErrorCode::ALL {
             let _ = writeln!(s, "confab_errors_total{{code=\"{code}\"}} {}", self.errors_of(code));
         }

@@ -347,7 +347,7 @@ fn route(shared: &Arc<Shared>, req: Request<Incoming>, permit: &Mutex<Option<Own
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
-        (&Method::GET, "/ws") => upgrade(shared, req, permit.lock().expect("permit lock").take()),
+        (&Method::GET, "/ws") => upgrade(shared, req, permit),
         (_, "/healthz" | "/metrics" | "/ws") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()),
         _ => text(StatusCode::NOT_FOUND, "not found: confab-signal serves /ws, /healthz and /metrics\n".into()),
     }
@@ -369,13 +369,17 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(shared: &Arc<Shared>, req: Request<Incoming>, permit: Option<OwnedSemaphorePermit>) -> Response<Body> {
+fn upgrade(shared: &Arc<Shared>, req: Request<Incoming>, permit: &Mutex<Option<OwnedSemaphorePermit>>) -> Response<Body> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let ok = header_has(&req, header::CONNECTION, "upgrade")
         && header_has(&req, header::UPGRADE, "websocket")
         && req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v == "13").unwrap_or(false);
-    let (Some(key), true, Some(permit)) = (key, ok, permit) else {
+    let (Some(key), true) = (key, ok) else {
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)\n".into());
+    };
+    // Taken only for a valid upgrade, so a bad request leaves the connection counted.
+    let Some(permit) = permit.lock().expect("permit lock").take() else {
+        return text(StatusCode::BAD_REQUEST, "this connection already upgraded\n".into());
     };
     let shared2 = shared.clone();
     shared.tasks.spawn(async move {
@@ -490,9 +494,8 @@ where
                 Some(Ok(msg)) => {
                     ctl.last_heard_ms.store(shared.now_mono_ms(), Relaxed);
                     let verdict = match msg {
-                        Message::Text(t) => on_text(&shared, id, t.as_bytes(), &mut bucket, &mut strikes),
-                        Message::Binary(_) => on_error(&shared, id, &mut strikes,
-                            ProtoError::new(ErrorCode::BadRequest, "binary frames are not supported; send JSON text")),
+                        Message::Text(t) => on_frame(&shared, id, Ok(t.as_bytes()), &mut bucket, &mut strikes),
+                        Message::Binary(_) => on_frame(&shared, id, Err(()), &mut bucket, &mut strikes),
                         Message::Close(_) => break End::Gone,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
@@ -519,7 +522,14 @@ where
     debug!(conn = id.0, "disconnected");
 }
 
-fn on_text(shared: &Shared, id: ConnId, bytes: &[u8], bucket: &mut TokenBucket, strikes: &mut Strikes) -> Option<End> {
+/// One data frame: `Ok` text, `Err` binary. Both count against the rate limit.
+fn on_frame(
+    shared: &Shared,
+    id: ConnId,
+    frame: Result<&[u8], ()>,
+    bucket: &mut TokenBucket,
+    strikes: &mut Strikes,
+) -> Option<End> {
     shared.metrics.messages_received.fetch_add(1, Relaxed);
     if !bucket.try_take(shared.now_mono_ms()) {
         return match strikes.rate_limited() {
@@ -535,6 +545,10 @@ fn on_text(shared: &Shared, id: ConnId, bytes: &[u8], bucket: &mut TokenBucket, 
             }
         };
     }
+    let Ok(bytes) = frame else {
+        let e = ProtoError::new(ErrorCode::BadRequest, "binary frames are not supported; send JSON text");
+        return on_error(shared, id, strikes, e);
+    };
     match decode(bytes) {
         Ok(msg) => {
             strikes.good();
