@@ -1,9 +1,40 @@
-//! confab-engine: the call engine behind the desktop app and the headless peer.
+//! confab-engine: the call engine behind the desktop app and the headless peer. UI-agnostic:
+//! it takes a server URL, a room and device choices, and gives back events and decoded
+//! frames.
+//!
+//! ```text
+//!  VideoSource (camera | synthetic) -> encode thread (VP8, once) -> track per peer ---> network
+//!  AudioSource (mic | synthetic) -> Opus 20 ms ------------------> track per peer --->
+//!  network -> per peer: depacketize -> decode thread -> FrameSink (UI | test)
+//!                                \-> jitter buffer -> Opus decode -> mixer -> AudioSink
+//!  SignalingClient (WebSocket task) <-> Call (owns PeerSessions, emits CallEvents)
+//! ```
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use confab_engine::{Call, CallConfig, CallEvent, NoFrames};
+//! let cfg = CallConfig::new("ws://127.0.0.1:8787/ws", "standup", "Ada");
+//! let mut call = Call::join(cfg, std::sync::Arc::new(NoFrames)).await?;
+//! while let Some(ev) = call.next_event().await {
+//!     if let CallEvent::PeerJoined { peer } = ev { println!("{} joined", peer.name); }
+//! }
+//! # Ok(()) }
+//! ```
 
+pub mod call;
 pub mod codec;
 pub mod devices;
 pub mod frame;
 pub mod jitter;
+pub mod media;
 pub mod mixer;
+pub mod negotiation;
+pub mod rtc;
+pub mod signaling;
 pub mod stamp;
 pub mod tone;
+
+pub use call::{Call, CallConfig, CallError, CallEvent, PeerStats};
+pub use media::{DecodedFrame, FrameSink, NoFrames};
+pub use rtc::IcePolicy;
+pub use signaling::TlsOptions;

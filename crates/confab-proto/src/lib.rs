@@ -50,7 +50,7 @@ pub mod limits {
 
 /// A server-assigned peer id: 128 random bits, base64url without padding (22 characters).
 /// Clients never choose ids; the server stamps `from` on everything it relays.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct PeerId(pub String);
 

@@ -1,0 +1,427 @@
+//! The media pipelines around the peer connections. CPU work (capture, VP8, Opus, playout)
+//! runs on dedicated threads; queues between them are bounded and drop the oldest video
+//! rather than block capture.
+//!
+//! ```text
+//! VideoSource -> capture thread -> [newest-frame slot] -> encode thread -> broadcast -> per-peer writers
+//! AudioSource -> capture+Opus thread ------------------------------------> broadcast -> per-peer writers
+//! per-peer reader -> SampleBuilder -> [4 frames] -> decode thread -> FrameSink
+//! per-peer reader -> JitterBuffer <- playout thread (Opus decode, mix) -> AudioSink
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use confab_proto::PeerId;
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES, SAMPLE_RATE};
+use crate::codec::vp8::{Vp8Config, Vp8Decoder, Vp8Encoder};
+use crate::devices::{AudioSink, AudioSource, CapturedFrame, VideoSource};
+use crate::frame::I420Frame;
+use crate::jitter::{JitterBuffer, Playout};
+use crate::mixer::mix;
+use crate::stamp::FrameStamp;
+
+/// One encoded frame on its way to every peer.
+#[derive(Clone, Debug)]
+pub struct MediaPacket {
+    pub data: Bytes,
+    pub duration: Duration,
+}
+
+/// A decoded remote picture.
+#[derive(Clone, Debug)]
+pub struct DecodedFrame {
+    pub frame: I420Frame,
+    /// The sender's stamp, when the picture carries one (synthetic sources): frame number
+    /// and capture time in ms since the Unix epoch.
+    pub stamp: Option<FrameStamp>,
+    /// When it was decoded, ms since the Unix epoch.
+    pub decoded_ms: u64,
+}
+
+/// Where decoded video goes: the UI, or a test that checks stamps. Called on the decode
+/// thread of each peer; keep it quick.
+pub trait FrameSink: Send + Sync {
+    fn on_frame(&self, peer: &PeerId, frame: &DecodedFrame);
+}
+
+/// A sink that drops frames.
+pub struct NoFrames;
+impl FrameSink for NoFrames {
+    fn on_frame(&self, _: &PeerId, _: &DecodedFrame) {}
+}
+
+/// The send side shared by all peers of a call.
+#[derive(Clone)]
+pub struct SendSide {
+    pub video: broadcast::Sender<MediaPacket>,
+    pub audio: broadcast::Sender<MediaPacket>,
+    /// Set by any peer's keyframe request (or a new connection); the encoder clears it.
+    pub keyframe: Arc<AtomicBool>,
+    pub frames_encoded: Arc<AtomicU64>,
+}
+
+impl SendSide {
+    pub fn new() -> Self {
+        SendSide {
+            video: broadcast::channel(32).0,
+            audio: broadcast::channel(64).0,
+            keyframe: Arc::new(AtomicBool::new(true)),
+            frames_encoded: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Default for SendSide {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Holds the newest captured frame; a new one replaces an unencoded older one.
+struct FrameSlot {
+    state: Mutex<(Option<CapturedFrame>, bool)>,
+    ready: Condvar,
+    replaced: AtomicU64,
+}
+
+impl FrameSlot {
+    fn put(&self, f: CapturedFrame) {
+        let mut s = self.state.lock().unwrap();
+        if s.0.replace(f).is_some() {
+            self.replaced.fetch_add(1, Relaxed);
+        }
+        self.ready.notify_one();
+    }
+    fn close(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.ready.notify_all();
+    }
+    fn take(&self) -> Option<CapturedFrame> {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if s.1 {
+                return None;
+            }
+            if let Some(f) = s.0.take() {
+                return Some(f);
+            }
+            s = self.ready.wait(s).unwrap();
+        }
+    }
+}
+
+/// Capture + encode threads of the local video. Dropping it stops capture at once (the
+/// source is dropped, so a camera's light goes out) and joins both threads.
+pub struct VideoPipeline {
+    stop: Arc<AtomicBool>,
+    slot: Arc<FrameSlot>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl VideoPipeline {
+    pub fn start(mut source: Box<dyn VideoSource>, enc: Vp8Config, out: SendSide) -> Result<Self, crate::codec::vp8::Vp8Error> {
+        let mut encoder = Vp8Encoder::new(enc)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let slot = Arc::new(FrameSlot { state: Mutex::new((None, false)), ready: Condvar::new(), replaced: AtomicU64::new(0) });
+        let (stop1, slot1) = (stop.clone(), slot.clone());
+        let capture = thread::Builder::new()
+            .name("video-capture".into())
+            .spawn(move || {
+                while !stop1.load(Relaxed) {
+                    match source.next_frame() {
+                        Ok(Some(f)) => slot1.put(f),
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "video capture failed");
+                            break;
+                        }
+                    }
+                }
+                slot1.close();
+                drop(source);
+            })
+            .expect("spawn capture thread");
+        let slot2 = slot.clone();
+        let duration = Duration::from_nanos(1_000_000_000 / enc.fps.max(1) as u64);
+        let encode = thread::Builder::new()
+            .name("video-encode".into())
+            .spawn(move || {
+                while let Some(f) = slot2.take() {
+                    let frame = if (f.frame.width, f.frame.height) != (enc.width, enc.height) {
+                        f.frame.scaled(enc.width, enc.height)
+                    } else {
+                        f.frame
+                    };
+                    let key = out.keyframe.swap(false, Relaxed);
+                    match encoder.encode(&frame, key) {
+                        Ok(Some(e)) => {
+                            out.frames_encoded.fetch_add(1, Relaxed);
+                            // No receivers yet is fine: nobody is connected.
+                            let _ = out.video.send(MediaPacket { data: Bytes::from(e.data), duration });
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %e, "video encode failed");
+                            break;
+                        }
+                    }
+                }
+            })
+            .expect("spawn encode thread");
+        Ok(VideoPipeline { stop, slot, threads: vec![capture, encode] })
+    }
+
+    /// Frames the encoder never saw because a newer one replaced them.
+    pub fn frames_replaced(&self) -> u64 {
+        self.slot.replaced.load(Relaxed)
+    }
+}
+
+impl Drop for VideoPipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        self.slot.close();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Capture + Opus thread of the local audio. `muted` stops sending (the device stays open
+/// so unmuting is instant).
+pub struct AudioPipeline {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl AudioPipeline {
+    pub fn start(
+        mut source: Box<dyn AudioSource>,
+        muted: Arc<AtomicBool>,
+        out: SendSide,
+    ) -> Result<Self, crate::codec::opus::OpusError> {
+        let mut enc = OpusEncoder::new(32_000)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop1 = stop.clone();
+        let thread = thread::Builder::new()
+            .name("audio-capture".into())
+            .spawn(move || {
+                while !stop1.load(Relaxed) {
+                    match source.next_frame() {
+                        Ok(Some(pcm)) => {
+                            if muted.load(Relaxed) {
+                                continue;
+                            }
+                            match enc.encode(&pcm) {
+                                Ok(p) => {
+                                    let _ = out.audio.send(MediaPacket { data: Bytes::from(p), duration: Duration::from_millis(20) });
+                                }
+                                Err(e) => warn!(error = %e, "opus encode failed"),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "audio capture failed");
+                            break;
+                        }
+                    }
+                }
+            })
+            .expect("spawn audio thread");
+        Ok(AudioPipeline { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for AudioPipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counters of one remote peer's media, shared by its threads and the call.
+#[derive(Default, Debug)]
+pub struct PeerMediaStats {
+    pub frames_decoded: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub keyframes_requested: AtomicU64,
+    pub first_frame: OnceLock<Instant>,
+}
+
+/// A remote peer's audio as the playout thread sees it.
+pub struct PeerAudio {
+    jitter: JitterBuffer,
+    decoder: OpusDecoder,
+    /// The last ~1.4 s heard from this peer, for tone detection.
+    recent: VecDeque<i16>,
+    epoch: Instant,
+}
+
+const RECENT_SAMPLES: usize = 65_536;
+
+impl PeerAudio {
+    pub fn new() -> Result<Self, crate::codec::opus::OpusError> {
+        Ok(PeerAudio {
+            jitter: JitterBuffer::new(),
+            decoder: OpusDecoder::new()?,
+            recent: VecDeque::with_capacity(RECENT_SAMPLES),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn push(&mut self, seq: u16, ts: u32, payload: Vec<u8>) {
+        let now = self.epoch.elapsed().as_secs_f64() * 1000.0;
+        self.jitter.push(seq, ts, payload, now);
+    }
+
+    fn next_frame(&mut self) -> Option<[i16; FRAME_SAMPLES]> {
+        let pcm = match self.jitter.pop() {
+            Playout::Packet(p) => self.decoder.decode(&p).ok(),
+            Playout::Lost { next } => self.decoder.conceal(next.as_deref()).ok(),
+            Playout::Silence => None,
+        }?;
+        if self.recent.len() + FRAME_SAMPLES > RECENT_SAMPLES {
+            self.recent.drain(..FRAME_SAMPLES);
+        }
+        self.recent.extend(pcm.iter().copied());
+        Some(pcm)
+    }
+
+    /// The dominant frequency heard lately, if enough was heard.
+    pub fn tone_hz(&self) -> Option<f64> {
+        if self.recent.len() < RECENT_SAMPLES {
+            return None;
+        }
+        let v: Vec<i16> = self.recent.iter().copied().collect();
+        crate::tone::dominant_frequency(&v, SAMPLE_RATE)
+    }
+
+    pub fn jitter_ms(&self) -> f64 {
+        self.jitter.jitter_ms()
+    }
+}
+
+pub type PeerAudioMap = Arc<Mutex<HashMap<PeerId, Arc<Mutex<PeerAudio>>>>>;
+
+/// The playout thread: every 20 ms (paced by the sink), one frame from each peer, mixed.
+pub struct PlayoutThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl PlayoutThread {
+    pub fn start(mut sink: Box<dyn AudioSink>, peers: PeerAudioMap) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop1 = stop.clone();
+        let thread = thread::Builder::new()
+            .name("audio-playout".into())
+            .spawn(move || {
+                while !stop1.load(Relaxed) {
+                    let list: Vec<Arc<Mutex<PeerAudio>>> = peers.lock().unwrap().values().cloned().collect();
+                    let frames: Vec<[i16; FRAME_SAMPLES]> =
+                        list.iter().filter_map(|p| p.lock().unwrap().next_frame()).collect();
+                    let mixed = mix(frames.iter());
+                    if let Err(e) = sink.play(&mixed) {
+                        warn!(error = %e, "audio playback failed");
+                        break;
+                    }
+                }
+                debug!("playout stopped");
+            })
+            .expect("spawn playout thread");
+        PlayoutThread { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for PlayoutThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One remote peer's video decoder thread. Frames come in through a small bounded queue;
+/// the thread asks for a keyframe (through `want_keyframe`) when it cannot decode.
+pub struct VideoDecodeThread {
+    pub tx: std::sync::mpsc::SyncSender<Bytes>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl VideoDecodeThread {
+    pub fn start(
+        peer: PeerId,
+        sink: Arc<dyn FrameSink>,
+        stats: Arc<PeerMediaStats>,
+        want_keyframe: tokio::sync::mpsc::Sender<()>,
+        on_first: Box<dyn FnOnce() + Send>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+        let thread = thread::Builder::new()
+            .name(format!("video-decode-{}", &peer.0[..peer.0.len().min(6)]))
+            .spawn(move || {
+                let mut dec = match Vp8Decoder::new(1) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start the VP8 decoder");
+                        return;
+                    }
+                };
+                let mut on_first = Some(on_first);
+                // Until a keyframe decodes, delta frames only make garbage.
+                let mut need_key = true;
+                while let Ok(data) = rx.recv() {
+                    let key = data.first().map(|b| b & 0x01 == 0).unwrap_or(false);
+                    if need_key && !key {
+                        stats.frames_dropped.fetch_add(1, Relaxed);
+                        let _ = want_keyframe.try_send(());
+                        continue;
+                    }
+                    match dec.decode(&data) {
+                        Ok(Some(frame)) => {
+                            need_key = false;
+                            stats.frames_decoded.fetch_add(1, Relaxed);
+                            let stamp = FrameStamp::read(&frame);
+                            let decoded = DecodedFrame { frame, stamp, decoded_ms: crate::devices::wall_ms() };
+                            if let Some(f) = on_first.take() {
+                                let _ = stats.first_frame.set(Instant::now());
+                                f();
+                            }
+                            sink.on_frame(&peer, &decoded);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            debug!(error = %e, "undecodable frame; asking for a keyframe");
+                            stats.frames_dropped.fetch_add(1, Relaxed);
+                            need_key = true;
+                            let _ = want_keyframe.try_send(());
+                        }
+                    }
+                }
+            })
+            .expect("spawn decode thread");
+        VideoDecodeThread { tx, thread: Some(thread) }
+    }
+}
+
+impl Drop for VideoDecodeThread {
+    fn drop(&mut self) {
+        // Closing our sender ends the thread once the channel drains.
+        let (dead, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.tx, dead));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! `confab-peer`: joins a confab room from the command line with synthetic or real devices,
+//! prints every call event as a JSON line, and ends with a `summary` line of what it saw
+//! from each peer. Exit status 0 only if media flowed both ways with every expected peer.
+//! Tests, benchmarks and load tools drive confab through it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use confab_engine::devices::{self, AudioSpec, SinkSpec, VideoSpec};
+use confab_engine::{Call, CallConfig, CallEvent, DecodedFrame, FrameSink, IcePolicy, PeerStats, TlsOptions};
+use confab_proto::PeerId;
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "confab-peer", version, about = "Headless confab client: join a room, report what was seen and heard.")]
+struct Cli {
+    /// Signaling server, ws://HOST:PORT/ws or wss://HOST:PORT/ws.
+    #[arg(long, env = "CONFAB_SERVER", required_unless_present = "list_devices")]
+    server: Option<String>,
+    /// Room to join.
+    #[arg(long, required_unless_present = "list_devices")]
+    room: Option<String>,
+    /// Display name.
+    #[arg(long, default_value = "confab-peer")]
+    name: String,
+    /// Room password.
+    #[arg(long)]
+    password: Option<String>,
+    /// Video to send: synthetic, camera, camera:ID or none.
+    #[arg(long, default_value = "synthetic")]
+    video: VideoSpec,
+    /// Audio to send: synthetic, synthetic:HZ, mic, mic:ID or none.
+    #[arg(long, default_value = "synthetic")]
+    audio: AudioSpec,
+    /// Where to play what we hear: null or speaker[:ID].
+    #[arg(long, default_value = "null")]
+    speaker: SinkSpec,
+    /// Video size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x720", value_parser = parse_size)]
+    size: (u32, u32),
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// VP8 bitrate in kbit/s (default: picked for the size).
+    #[arg(long)]
+    bitrate: Option<u32>,
+    /// Seconds to stay in the call, counted from joining.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Extra CA (or the server's own self-signed certificate) to trust for wss://.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// ICE candidates to use: all, or relay (TURN only).
+    #[arg(long, default_value = "all")]
+    ice_policy: IcePolicy,
+    /// Local address for ICE host candidates (0.0.0.0 = every interface except loopback).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// How many remote peers must exchange media with us for exit status 0.
+    #[arg(long, default_value_t = 1)]
+    expect_peers: usize,
+    /// Send this chat message once every expected peer is connected.
+    #[arg(long)]
+    chat: Option<String>,
+    /// Mute the microphone this many seconds after joining.
+    #[arg(long)]
+    mute_at: Option<f64>,
+    /// Turn the camera off this many seconds after joining.
+    #[arg(long)]
+    camera_off_at: Option<f64>,
+    /// Print the available devices as JSON and exit.
+    #[arg(long)]
+    list_devices: bool,
+    /// Do not print per-second stats lines.
+    #[arg(long)]
+    quiet_stats: bool,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once('x').ok_or_else(|| format!("size '{s}' is not WIDTHxHEIGHT"))?;
+    let w: u32 = w.parse().map_err(|_| format!("bad width in '{s}'"))?;
+    let h: u32 = h.parse().map_err(|_| format!("bad height in '{s}'"))?;
+    if w < 16 || h < 16 || w > 3840 || h > 2160 || w % 2 == 1 || h % 2 == 1 {
+        return Err(format!("size {w}x{h}: need even sizes from 16x16 to 3840x2160"));
+    }
+    Ok((w, h))
+}
+
+/// What we saw from one peer's video.
+#[derive(Default)]
+struct VideoRecord {
+    frames: u64,
+    stamped: u64,
+    last_no: Option<u32>,
+    gaps: u64,
+    latencies_ms: Vec<u64>,
+}
+
+/// Collects stamps and latencies per peer on the decode threads.
+#[derive(Default)]
+struct Recorder {
+    peers: Mutex<BTreeMap<PeerId, VideoRecord>>,
+}
+
+impl FrameSink for Recorder {
+    fn on_frame(&self, peer: &PeerId, f: &DecodedFrame) {
+        let mut peers = self.peers.lock().unwrap();
+        let r = peers.entry(peer.clone()).or_default();
+        r.frames += 1;
+        if let Some(s) = f.stamp {
+            r.stamped += 1;
+            if let Some(last) = r.last_no {
+                if s.frame_no > last + 1 {
+                    r.gaps += (s.frame_no - last - 1) as u64;
+                }
+            }
+            r.last_no = Some(r.last_no.map_or(s.frame_no, |l| l.max(s.frame_no)));
+            r.latencies_ms.push(f.decoded_ms.saturating_sub(s.capture_ms));
+        }
+    }
+}
+
+#[derive(Serialize, Default, Clone)]
+struct PeerSummary {
+    peer_id: PeerId,
+    name: String,
+    first_frame_ms: Option<u64>,
+    frames_decoded: u64,
+    stamp_gaps: u64,
+    latency_ms: Option<serde_json::Value>,
+    audio_tone_hz: Option<f64>,
+    candidate_type: Option<String>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    left: bool,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn print(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if cli.list_devices {
+        let list = devices::list_devices(true);
+        print(&json!({"type": "devices", "devices": list}));
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let ok = rt.block_on(run(cli))?;
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+async fn run(cli: Cli) -> Result<bool> {
+    let mut cfg = CallConfig::new(cli.server.clone().unwrap_or_default(), cli.room.clone().unwrap_or_default(), &cli.name);
+    cfg.password = cli.password.clone();
+    cfg.video = cli.video.clone();
+    cfg.audio = cli.audio.clone();
+    cfg.sink = cli.speaker.clone();
+    (cfg.width, cfg.height) = cli.size;
+    cfg.fps = cli.fps;
+    cfg.bitrate_kbps = cli.bitrate;
+    cfg.ice_policy = cli.ice_policy;
+    cfg.udp_bind = vec![format!("{}:0", cli.bind)];
+    if let Some(ca) = &cli.ca_cert {
+        cfg.tls = TlsOptions::from_file(ca).context("loading --ca-cert")?;
+    }
+    let recorder = Arc::new(Recorder::default());
+    let started = Instant::now();
+    let mut call = match Call::join(cfg, recorder.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            print(&json!({"type": "error", "message": e.to_string()}));
+            bail!("{e}");
+        }
+    };
+    let me = call.peer_id.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(cli.duration);
+    let mut summaries: BTreeMap<PeerId, PeerSummary> = BTreeMap::new();
+    let mut connected: BTreeMap<PeerId, bool> = BTreeMap::new();
+    let mut chatted = false;
+    let mut muted = false;
+    let mut camera_off = false;
+    let mut timers = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = timers.tick() => {
+                let t = started.elapsed().as_secs_f64();
+                if let Some(at) = cli.mute_at { if !muted && t >= at { muted = true; call.set_muted(true).await; } }
+                if let Some(at) = cli.camera_off_at { if !camera_off && t >= at { camera_off = true; call.set_camera(false).await; } }
+            }
+            ev = call.next_event() => {
+                let Some(ev) = ev else { break };
+                match &ev {
+                    CallEvent::Joined { peers, .. } => {
+                        for p in peers {
+                            summaries.insert(p.peer_id.clone(), PeerSummary { peer_id: p.peer_id.clone(), name: p.name.clone(), ..Default::default() });
+                        }
+                    }
+                    CallEvent::PeerJoined { peer } => {
+                        summaries.insert(peer.peer_id.clone(), PeerSummary { peer_id: peer.peer_id.clone(), name: peer.name.clone(), ..Default::default() });
+                    }
+                    CallEvent::PeerLeft { peer_id } => {
+                        if let Some(s) = summaries.get_mut(peer_id) { s.left = true; }
+                        connected.remove(peer_id);
+                    }
+                    CallEvent::FirstFrame { peer_id, ms } => {
+                        if let Some(s) = summaries.get_mut(peer_id) { s.first_frame_ms = Some(*ms); }
+                    }
+                    CallEvent::Connection { peer_id, state } => {
+                        connected.insert(peer_id.clone(), state == "connected");
+                    }
+                    CallEvent::Stats { stats } => update(&mut summaries, stats),
+                    CallEvent::Ended { .. } => { print(&serde_json::to_value(&ev)?); break; }
+                    _ => {}
+                }
+                if !(cli.quiet_stats && matches!(ev, CallEvent::Stats { .. })) {
+                    print(&serde_json::to_value(&ev)?);
+                }
+                if let Some(text) = &cli.chat {
+                    let ready = connected.values().filter(|c| **c).count() >= cli.expect_peers;
+                    if !chatted && ready {
+                        chatted = true;
+                        call.chat(text.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+    call.leave().await;
+
+    let records = recorder.peers.lock().unwrap();
+    let mut ok_peers = 0;
+    let mut list = Vec::new();
+    for (id, s) in summaries.iter_mut() {
+        if let Some(r) = records.get(id) {
+            s.frames_decoded = r.frames;
+            s.stamp_gaps = r.gaps;
+            if !r.latencies_ms.is_empty() {
+                let mut l = r.latencies_ms.clone();
+                l.sort_unstable();
+                s.latency_ms = Some(json!({"p50": percentile(&l, 0.5), "p95": percentile(&l, 0.95), "p99": percentile(&l, 0.99)}));
+            }
+        }
+        let received = s.frames_decoded > 0 || s.audio_tone_hz.is_some();
+        if received && s.bytes_sent > 0 {
+            ok_peers += 1;
+        }
+        list.push(s.clone());
+    }
+    let ok = ok_peers >= cli.expect_peers;
+    print(&json!({"type": "summary", "peer_id": me, "peers": list, "ok": ok,
+                  "duration_s": started.elapsed().as_secs_f64()}));
+    Ok(ok)
+}
+
+fn update(summaries: &mut BTreeMap<PeerId, PeerSummary>, stats: &PeerStats) {
+    if let Some(s) = summaries.get_mut(&stats.peer_id) {
+        s.bytes_received = s.bytes_received.max(stats.bytes_received);
+        s.bytes_sent = s.bytes_sent.max(stats.bytes_sent);
+        if stats.candidate_type.is_some() {
+            s.candidate_type = stats.candidate_type.clone();
+        }
+        if stats.audio_tone_hz.is_some() {
+            s.audio_tone_hz = stats.audio_tone_hz;
+        }
+    }
+}
