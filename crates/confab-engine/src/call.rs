@@ -123,18 +123,48 @@ pub struct PeerStats {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEvent {
-    Joined { peer_id: PeerId, room: String, max_peers: u32, peers: Vec<PeerInfo> },
-    PeerJoined { peer: PeerInfo },
-    PeerLeft { peer_id: PeerId },
-    Connection { peer_id: PeerId, state: String },
+    Joined {
+        peer_id: PeerId,
+        room: String,
+        max_peers: u32,
+        peers: Vec<PeerInfo>,
+    },
+    PeerJoined {
+        peer: PeerInfo,
+    },
+    PeerLeft {
+        peer_id: PeerId,
+    },
+    Connection {
+        peer_id: PeerId,
+        state: String,
+    },
     /// The first decoded picture from a peer, `ms` after both of us were in the room.
-    FirstFrame { peer_id: PeerId, ms: u64 },
-    RemoteState { peer_id: PeerId, muted: bool, camera: bool },
-    Chat { from: PeerId, name: String, text: String, ts: u64 },
-    Stats { stats: PeerStats },
-    Error { message: String },
+    FirstFrame {
+        peer_id: PeerId,
+        ms: u64,
+    },
+    RemoteState {
+        peer_id: PeerId,
+        muted: bool,
+        camera: bool,
+    },
+    Chat {
+        from: PeerId,
+        name: String,
+        text: String,
+        ts: u64,
+    },
+    Stats {
+        stats: PeerStats,
+    },
+    Error {
+        message: String,
+    },
     /// The call is over; no more events follow.
-    Ended { reason: String },
+    Ended {
+        reason: String,
+    },
 }
 
 enum Command {
@@ -451,7 +481,8 @@ impl CallTask {
         let pc = match rtcglue::build_pc(&id, &self.rtc, self.pc_tx.clone()).await {
             Ok(pc) => pc,
             Err(e) => {
-                self.emit(CallEvent::Error { message: format!("cannot set up a connection to {}: {e}", info.name) }).await;
+                self.emit(CallEvent::Error { message: format!("cannot set up a connection to {}: {e}", info.name) })
+                    .await;
                 return;
             }
         };
@@ -524,8 +555,10 @@ impl CallTask {
                         OfferAction::Ignore => {}
                         OfferAction::Accept { rollback } => {
                             if rollback {
-                                pc.set_local_description(webrtc::peer_connection::RTCSessionDescription::rollback(None)?)
-                                    .await?;
+                                pc.set_local_description(webrtc::peer_connection::RTCSessionDescription::rollback(
+                                    None,
+                                )?)
+                                .await?;
                             }
                             pc.set_remote_description(rtcglue::to_rtc_sdp(&d)?).await?;
                             for c in p.neg.remote_set() {
@@ -766,7 +799,8 @@ async fn receive_video(
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let (kf_tx, mut kf_rx) = mpsc::channel::<()>(4);
     let decoder = VideoDecodeThread::start(peer, sink, stats.clone(), kf_tx.clone(), on_first);
-    let mut builder = SampleBuilder::new(128, Vp8Packet::default(), 90_000).with_max_time_delay(Duration::from_millis(500));
+    let mut builder =
+        SampleBuilder::new(128, Vp8Packet::default(), 90_000).with_max_time_delay(Duration::from_millis(500));
     let mut last_pli = Instant::now() - Duration::from_secs(1);
     loop {
         tokio::select! {

@@ -96,7 +96,8 @@ impl JitterBuffer {
             None => seq as u64 + (1 << 16),
             Some(h) => {
                 let base = h & !0xFFFF;
-                let candidates = [base.wrapping_sub(1 << 16) | seq as u64, base | seq as u64, (base + (1 << 16)) | seq as u64];
+                let candidates =
+                    [base.wrapping_sub(1 << 16) | seq as u64, base | seq as u64, (base + (1 << 16)) | seq as u64];
                 *candidates.iter().min_by_key(|c| c.abs_diff(h)).expect("three candidates")
             }
         };

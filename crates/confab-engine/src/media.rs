@@ -127,10 +127,18 @@ pub struct VideoPipeline {
 }
 
 impl VideoPipeline {
-    pub fn start(mut source: Box<dyn VideoSource>, enc: Vp8Config, out: SendSide) -> Result<Self, crate::codec::vp8::Vp8Error> {
+    pub fn start(
+        mut source: Box<dyn VideoSource>,
+        enc: Vp8Config,
+        out: SendSide,
+    ) -> Result<Self, crate::codec::vp8::Vp8Error> {
         let mut encoder = Vp8Encoder::new(enc)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let slot = Arc::new(FrameSlot { state: Mutex::new((None, false)), ready: Condvar::new(), replaced: AtomicU64::new(0) });
+        let slot = Arc::new(FrameSlot {
+            state: Mutex::new((None, false)),
+            ready: Condvar::new(),
+            replaced: AtomicU64::new(0),
+        });
         let (stop1, slot1) = (stop.clone(), slot.clone());
         let capture = thread::Builder::new()
             .name("video-capture".into())
@@ -222,7 +230,10 @@ impl AudioPipeline {
                             }
                             match enc.encode(&pcm) {
                                 Ok(p) => {
-                                    let _ = out.audio.send(MediaPacket { data: Bytes::from(p), duration: Duration::from_millis(20) });
+                                    let _ = out.audio.send(MediaPacket {
+                                        data: Bytes::from(p),
+                                        duration: Duration::from_millis(20),
+                                    });
                                 }
                                 Err(e) => warn!(error = %e, "opus encode failed"),
                             }
@@ -267,7 +278,9 @@ pub struct PeerAudio {
     epoch: Instant,
 }
 
-const RECENT_SAMPLES: usize = 65_536;
+/// 72 frames (1.44 s): room for the 65536-sample window tone detection uses.
+const RECENT_SAMPLES: usize = 72 * FRAME_SAMPLES;
+const TONE_WINDOW: usize = 65_536;
 
 impl PeerAudio {
     pub fn new() -> Result<Self, crate::codec::opus::OpusError> {
@@ -299,7 +312,7 @@ impl PeerAudio {
 
     /// The dominant frequency heard lately, if enough was heard.
     pub fn tone_hz(&self) -> Option<f64> {
-        if self.recent.len() < RECENT_SAMPLES {
+        if self.recent.len() < TONE_WINDOW {
             return None;
         }
         let v: Vec<i16> = self.recent.iter().copied().collect();

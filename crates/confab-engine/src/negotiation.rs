@@ -93,7 +93,12 @@ mod tests {
     use super::*;
 
     fn cand(n: u8) -> IceCandidate {
-        IceCandidate { candidate: format!("candidate:{n}"), sdp_mid: Some("0".into()), sdp_mline_index: Some(0), username_fragment: None }
+        IceCandidate {
+            candidate: format!("candidate:{n}"),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        }
     }
 
     #[test]

@@ -148,9 +148,8 @@ pub async fn build_pc(
             IcePolicy::Relay => RTCIceTransportPolicy::Relay,
         })
         .build();
-    let setting = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .build();
+    let setting =
+        SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
     let pc = PeerConnectionBuilder::<String>::new()
         .with_configuration(cfg)
         .with_media_engine(me)

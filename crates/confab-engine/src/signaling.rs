@@ -66,9 +66,10 @@ pub async fn connect(
     };
     let hostport = rest.split('/').next().filter(|s| !s.is_empty()).ok_or_else(|| SignalError::BadUrl(url.into()))?;
     let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse::<u16>().map_err(|_| SignalError::BadUrl(url.into()))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>().map_err(|_| SignalError::BadUrl(url.into()))?,
+        ),
         _ => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), if secure { 443 } else { 80 }),
     };
     let addr = format!("{host}:{port}");

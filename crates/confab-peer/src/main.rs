@@ -18,7 +18,11 @@ use serde::Serialize;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
-#[command(name = "confab-peer", version, about = "Headless confab client: join a room, report what was seen and heard.")]
+#[command(
+    name = "confab-peer",
+    version,
+    about = "Headless confab client: join a room, report what was seen and heard."
+)]
 struct Cli {
     /// Signaling server, ws://HOST:PORT/ws or wss://HOST:PORT/ws.
     #[arg(long, env = "CONFAB_SERVER", required_unless_present = "list_devices")]
@@ -144,7 +148,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Prints one JSON line, stamped with the wall clock (`at_ms`) so that tests can time
+/// events across processes.
 fn print(v: &serde_json::Value) {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("at_ms".into(), json!(devices::wall_ms()));
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
@@ -170,7 +180,8 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<bool> {
-    let mut cfg = CallConfig::new(cli.server.clone().unwrap_or_default(), cli.room.clone().unwrap_or_default(), &cli.name);
+    let mut cfg =
+        CallConfig::new(cli.server.clone().unwrap_or_default(), cli.room.clone().unwrap_or_default(), &cli.name);
     cfg.password = cli.password.clone();
     cfg.video = cli.video.clone();
     cfg.audio = cli.audio.clone();
@@ -246,6 +257,7 @@ async fn run(cli: Cli) -> Result<bool> {
             }
         }
     }
+    print(&json!({"type": "leaving"}));
     call.leave().await;
 
     let records = recorder.peers.lock().unwrap();
@@ -258,7 +270,8 @@ async fn run(cli: Cli) -> Result<bool> {
             if !r.latencies_ms.is_empty() {
                 let mut l = r.latencies_ms.clone();
                 l.sort_unstable();
-                s.latency_ms = Some(json!({"p50": percentile(&l, 0.5), "p95": percentile(&l, 0.95), "p99": percentile(&l, 0.99)}));
+                s.latency_ms =
+                    Some(json!({"p50": percentile(&l, 0.5), "p95": percentile(&l, 0.95), "p99": percentile(&l, 0.99)}));
             }
         }
         let received = s.frames_decoded > 0 || s.audio_tone_hz.is_some();

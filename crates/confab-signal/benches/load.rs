@@ -101,7 +101,18 @@ fn main() {
     confab_signal::raise_fd_limit();
     let bin = env!("CARGO_BIN_EXE_confab-signal");
     let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--max-connections", "100000", "--rate-burst", "1000", "--rate-per-sec", "1000", "--workers", &a.workers])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "100000",
+            "--rate-burst",
+            "1000",
+            "--rate-per-sec",
+            "1000",
+            "--workers",
+            &a.workers,
+        ])
         .env("CONFAB_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -138,9 +149,11 @@ async fn run(a: Args, url: String, addr: String, mut server: Proc) {
             let url = url.clone();
             set.push(tokio::spawn(async move {
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connect");
-                ws.send(Message::text(json!({"type":"join","room":format!("room-{}", i / 2),"name":format!("c{i}")}).to_string()))
-                    .await
-                    .unwrap();
+                ws.send(Message::text(
+                    json!({"type":"join","room":format!("room-{}", i / 2),"name":format!("c{i}")}).to_string(),
+                ))
+                .await
+                .unwrap();
                 let peers = loop {
                     if let Some(Ok(Message::Text(t))) = ws.next().await {
                         if let Ok(ServerMsg::Joined { peers, .. }) = decode_server(t.as_bytes()) {

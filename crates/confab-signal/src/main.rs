@@ -130,7 +130,11 @@ fn main() -> Result<()> {
     };
 
     if cli.idle_timeout <= cli.ping_interval {
-        bail!("--idle-timeout ({} s) must be longer than --ping-interval ({} s), or every client times out", cli.idle_timeout, cli.ping_interval);
+        bail!(
+            "--idle-timeout ({} s) must be longer than --ping-interval ({} s), or every client times out",
+            cli.idle_timeout,
+            cli.ping_interval
+        );
     }
     if cli.rate_burst == 0 || cli.rate_per_sec == 0 {
         bail!("--rate-burst and --rate-per-sec must be at least 1");

@@ -82,8 +82,10 @@ impl Metrics {
             self.signals_relayed.load(Relaxed),
         );
         counter("confab_messages_sent_total", "Frames queued to clients.", self.messages_sent.load(Relaxed));
-        let _ =
-            writeln!(s, "# HELP confab_errors_total Messages refused, by error code.\n# TYPE confab_errors_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP confab_errors_total Messages refused, by error code.\n# TYPE confab_errors_total counter"
+        );
         for code in ErrorCode::ALL {
             let _ = writeln!(s, "confab_errors_total{{code=\"{code}\"}} {}", self.errors_of(code));
         }

@@ -369,7 +369,11 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn upgrade(shared: &Arc<Shared>, req: Request<Incoming>, permit: &Mutex<Option<OwnedSemaphorePermit>>) -> Response<Body> {
+fn upgrade(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    permit: &Mutex<Option<OwnedSemaphorePermit>>,
+) -> Response<Body> {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let ok = header_has(&req, header::CONNECTION, "upgrade")
         && header_has(&req, header::UPGRADE, "websocket")
@@ -426,7 +430,11 @@ where
 {
     let id = ConnId(shared.next_conn.fetch_add(1, Relaxed));
     let (tx, mut rx) = mpsc::channel::<Message>(shared.cfg.outbound_queue);
-    let ctl = Arc::new(ConnCtl { stop: Notify::new(), why: AtomicU8::new(0), last_heard_ms: AtomicU64::new(shared.now_mono_ms()) });
+    let ctl = Arc::new(ConnCtl {
+        stop: Notify::new(),
+        why: AtomicU8::new(0),
+        last_heard_ms: AtomicU64::new(shared.now_mono_ms()),
+    });
     shared.hub.lock().expect("hub lock").conns.insert(id, ConnHandle { tx: tx.clone(), ctl: ctl.clone() });
     if shared.shutdown.is_cancelled() {
         // Upgraded just as the server stopped: the shutdown sweep may have missed us.

@@ -26,8 +26,8 @@ pub struct OpusEncoder {
 
 impl OpusEncoder {
     pub fn new(bitrate_bps: i32) -> Result<Self, OpusError> {
-        let mut inner =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(op("encoder init"))?;
+        let mut inner = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(op("encoder init"))?;
         inner.set_bitrate(opus::Bitrate::Bits(bitrate_bps)).map_err(op("set bitrate"))?;
         // In-band FEC lets a receiver rebuild a lost frame from the next one.
         inner.set_inband_fec(true).map_err(op("set fec"))?;

@@ -95,7 +95,8 @@ fn stream_thread(
 }
 
 fn stream_config(dev: &cpal::Device, input: bool) -> Result<(cpal::StreamConfig, cpal::SampleFormat), String> {
-    let def = if input { dev.default_input_config() } else { dev.default_output_config() }.map_err(|e| e.to_string())?;
+    let def =
+        if input { dev.default_input_config() } else { dev.default_output_config() }.map_err(|e| e.to_string())?;
     let cfg = cpal::StreamConfig {
         channels: def.channels(),
         sample_rate: SAMPLE_RATE as _,
@@ -163,7 +164,11 @@ impl AudioSource for Microphone {
             let (g, timeout) = self.shared.ready.wait_timeout(b, Duration::from_secs(2)).unwrap();
             b = g;
             if timeout.timed_out() && b.len() < FRAME_SAMPLES {
-                return Err(DeviceError::Failed { kind: "microphone", name: self.name.clone(), reason: "no audio for 2 s".into() });
+                return Err(DeviceError::Failed {
+                    kind: "microphone",
+                    name: self.name.clone(),
+                    reason: "no audio for 2 s".into(),
+                });
             }
         }
         let mut out = [0i16; FRAME_SAMPLES];

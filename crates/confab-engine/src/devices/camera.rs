@@ -8,7 +8,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 
 use nokhwa::pixel_format::RgbFormat;
-use nokhwa::utils::{ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution};
+use nokhwa::utils::{
+    ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
+};
 
 use super::{CapturedFrame, DeviceError, DeviceInfo, DeviceKind, VideoSource};
 use crate::frame::I420Frame;
@@ -63,7 +65,9 @@ impl Camera {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Camera { name: info.name, frames: rx, stop, thread: Some(thread) }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(DeviceError::Failed { kind: "camera", name: info.name, reason: "capture thread died".into() }),
+            Err(_) => {
+                Err(DeviceError::Failed { kind: "camera", name: info.name, reason: "capture thread died".into() })
+            }
         }
     }
 }
@@ -81,13 +85,14 @@ fn capture_loop(
 ) {
     let busy = |e: nokhwa::NokhwaError| DeviceError::Busy { kind: "camera", name: name.clone(), reason: e.to_string() };
     let want = CameraFormat::new(Resolution::new(width, height), FrameFormat::MJPEG, fps);
-    let mut cam = match nokhwa::Camera::new(index, RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(want))) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(busy(e)));
-            return;
-        }
-    };
+    let mut cam =
+        match nokhwa::Camera::new(index, RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(want))) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(busy(e)));
+                return;
+            }
+        };
     if let Err(e) = cam.open_stream() {
         let _ = ready.send(Err(busy(e)));
         return;
@@ -111,7 +116,8 @@ fn capture_loop(
                         rgb_to_i420(rgb.as_raw(), res.width(), res.height())
                     }
                 };
-                let frame = if (frame.width, frame.height) != (width, height) { frame.scaled(width, height) } else { frame };
+                let frame =
+                    if (frame.width, frame.height) != (width, height) { frame.scaled(width, height) } else { frame };
                 Ok(CapturedFrame { frame, capture_ms })
             });
         let failed = item.is_err();

@@ -147,7 +147,12 @@ impl std::str::FromStr for SinkSpec {
 }
 
 /// Opens the video source a spec names. `None` for `VideoSpec::None`.
-pub fn open_video(spec: &VideoSpec, width: u32, height: u32, fps: u32) -> Result<Option<Box<dyn VideoSource>>, DeviceError> {
+pub fn open_video(
+    spec: &VideoSpec,
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Result<Option<Box<dyn VideoSource>>, DeviceError> {
     Ok(match spec {
         VideoSpec::None => None,
         VideoSpec::Synthetic => Some(Box::new(synthetic::SyntheticVideo::new(width, height, fps))),
