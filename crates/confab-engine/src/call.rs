@@ -9,10 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use confab_proto::{ClientMsg, ErrorCode, IceServer, PeerId, PeerInfo, ServerMsg, SignalData};
-use rtc::media::io::sample_builder::SampleBuilder;
 use rtc::media::Sample;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -34,6 +32,7 @@ use crate::media::{
 use crate::negotiation::{Negotiation, OfferAction};
 use crate::rtc::{self as rtcglue, IcePolicy, PcEvent, RtcSettings};
 use crate::signaling::{self, SignalEvent, TlsOptions};
+use crate::vp8_rtp::{Vp8Assembler, Vp8Frame};
 
 /// Everything needed to join a call.
 #[derive(Clone, Debug)]
@@ -799,28 +798,33 @@ async fn receive_video(
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let (kf_tx, mut kf_rx) = mpsc::channel::<()>(4);
     let decoder = VideoDecodeThread::start(peer, sink, stats.clone(), kf_tx.clone(), on_first);
-    let mut builder =
-        SampleBuilder::new(128, Vp8Packet::default(), 90_000).with_max_time_delay(Duration::from_millis(500));
+    // Wait up to 150 ms for a retransmission (NACK) to complete a frame.
+    let mut assembler = Vp8Assembler::new(150);
+    let epoch = Instant::now();
+    let mut gave_up = tokio::time::interval(Duration::from_millis(50));
     let mut last_pli = Instant::now() - Duration::from_secs(1);
+    let forward = |frames: Vec<Vp8Frame>| {
+        for f in frames {
+            if decoder.tx.try_send(f).is_err() {
+                // The decoder is behind: drop this frame. The decoder then waits for a
+                // keyframe rather than decode garbage.
+                stats.frames_dropped.fetch_add(1, Relaxed);
+                decoder.mark_loss();
+            }
+        }
+    };
     loop {
         tokio::select! {
             ev = track.poll() => match ev {
                 Some(TrackRemoteEvent::OnRtpPacket(pkt)) => {
-                    builder.push(Instant::now(), pkt);
-                    while let Some(sample) = builder.pop(Instant::now()) {
-                        if sample.prev_dropped_packets > 0 {
-                            let _ = kf_tx.try_send(());
-                        }
-                        if decoder.tx.try_send(sample.data).is_err() {
-                            // The decoder is behind: drop this frame; the chain is broken,
-                            // so the decoder will want a keyframe.
-                            stats.frames_dropped.fetch_add(1, Relaxed);
-                        }
-                    }
+                    let now = epoch.elapsed().as_millis() as u64;
+                    let h = &pkt.header;
+                    forward(assembler.push(h.sequence_number, h.timestamp, h.marker, &pkt.payload, now));
                 }
                 Some(TrackRemoteEvent::OnEnded) | None => break,
                 Some(_) => {}
             },
+            _ = gave_up.tick() => forward(assembler.poll(epoch.elapsed().as_millis() as u64)),
             Some(()) = kf_rx.recv() => {
                 if last_pli.elapsed() >= Duration::from_millis(250) {
                     last_pli = Instant::now();

@@ -33,6 +33,7 @@ pub mod rtc;
 pub mod signaling;
 pub mod stamp;
 pub mod tone;
+pub mod vp8_rtp;
 
 pub use call::{Call, CallConfig, CallError, CallEvent, PeerStats};
 pub use media::{DecodedFrame, FrameSink, NoFrames};

@@ -27,6 +27,7 @@ use crate::frame::I420Frame;
 use crate::jitter::{JitterBuffer, Playout};
 use crate::mixer::mix;
 use crate::stamp::FrameStamp;
+use crate::vp8_rtp::Vp8Frame;
 
 /// One encoded frame on its way to every peer.
 #[derive(Clone, Debug)]
@@ -368,7 +369,9 @@ impl Drop for PlayoutThread {
 /// One remote peer's video decoder thread. Frames come in through a small bounded queue;
 /// the thread asks for a keyframe (through `want_keyframe`) when it cannot decode.
 pub struct VideoDecodeThread {
-    pub tx: std::sync::mpsc::SyncSender<Bytes>,
+    pub tx: std::sync::mpsc::SyncSender<Vp8Frame>,
+    /// Set when a frame was dropped before reaching the decoder.
+    lost: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -380,7 +383,9 @@ impl VideoDecodeThread {
         want_keyframe: tokio::sync::mpsc::Sender<()>,
         on_first: Box<dyn FnOnce() + Send>,
     ) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vp8Frame>(4);
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost1 = lost.clone();
         let thread = thread::Builder::new()
             .name(format!("video-decode-{}", &peer.0[..peer.0.len().min(6)]))
             .spawn(move || {
@@ -394,14 +399,18 @@ impl VideoDecodeThread {
                 let mut on_first = Some(on_first);
                 // Until a keyframe decodes, delta frames only make garbage.
                 let mut need_key = true;
-                while let Ok(data) = rx.recv() {
-                    let key = data.first().map(|b| b & 0x01 == 0).unwrap_or(false);
+                while let Ok(f) = rx.recv() {
+                    let key = f.keyframe;
+                    if f.after_loss || lost1.swap(false, Relaxed) {
+                        // The reference chain broke: only a keyframe decodes cleanly now.
+                        need_key = true;
+                    }
                     if need_key && !key {
                         stats.frames_dropped.fetch_add(1, Relaxed);
                         let _ = want_keyframe.try_send(());
                         continue;
                     }
-                    match dec.decode(&data) {
+                    match dec.decode(&f.data) {
                         Ok(Some(frame)) => {
                             need_key = false;
                             stats.frames_decoded.fetch_add(1, Relaxed);
@@ -424,7 +433,12 @@ impl VideoDecodeThread {
                 }
             })
             .expect("spawn decode thread");
-        VideoDecodeThread { tx, thread: Some(thread) }
+        VideoDecodeThread { tx, lost, thread: Some(thread) }
+    }
+
+    /// A frame was dropped on the way: the decoder must wait for a keyframe.
+    pub fn mark_loss(&self) {
+        self.lost.store(true, Relaxed);
     }
 }
 

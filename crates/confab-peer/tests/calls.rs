@@ -12,6 +12,10 @@ use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
 
+/// One call at a time: each test runs real encoders and decoders, and a 2-core machine
+/// running all of them at once would measure CPU starvation, not confab.
+static ONE_CALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Peer {
     child: Child,
     lines: JoinHandle<Vec<Value>>,
@@ -71,6 +75,7 @@ async fn server() -> confab_signal::ServerHandle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_see_and_hear_each_other_for_ten_seconds() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let srv = server().await;
     let url = srv.ws_url();
     let a = Peer::start(&url, "pair", "Ada", &["--audio", "synthetic:440", "--duration", "11"]);
@@ -85,6 +90,7 @@ async fn two_peers_see_and_hear_each_other_for_ten_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peer_mesh_with_a_late_joiner() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let srv = server().await;
     let url = srv.ws_url();
     let two = ["--expect-peers", "2"];
@@ -106,6 +112,7 @@ async fn three_peer_mesh_with_a_late_joiner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_and_killed_peers_disappear() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let srv = server().await;
     let url = srv.ws_url();
     let stay = Peer::start(&url, "exits", "Stay", &["--duration", "9", "--expect-peers", "0"]);
@@ -146,6 +153,7 @@ async fn leaving_and_killed_peers_disappear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mute_camera_off_and_chat_reach_the_other_side() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let srv = server().await;
     let url = srv.ws_url();
     let a = Peer::start(
