@@ -778,6 +778,7 @@ async fn add_sender(
         tasks.push(tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
                 if let TrackLocalEvent::OnRtcpPacket(_) = ev {
+                    debug!("keyframe requested by a peer");
                     keyframe.store(true, Relaxed);
                 }
             }
@@ -829,6 +830,7 @@ async fn receive_video(
                 if last_pli.elapsed() >= Duration::from_millis(250) {
                     last_pli = Instant::now();
                     stats.keyframes_requested.fetch_add(1, Relaxed);
+                    debug!(ssrc, "sending PLI");
                     let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
                     let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                 }

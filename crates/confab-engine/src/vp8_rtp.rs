@@ -126,8 +126,7 @@ impl Vp8Assembler {
 
     fn drain(&mut self, now_ms: u64) -> Vec<Vp8Frame> {
         let mut out = Vec::new();
-        loop {
-            let Some((&ts, oldest)) = self.pending.iter().next() else { break };
+        while let Some((&ts, oldest)) = self.pending.iter().next() {
             if oldest.complete() {
                 let f = self.pending.remove(&ts).expect("present");
                 let data: Vec<u8> = f.packets.into_values().flat_map(|(_, _, d)| d).collect();
