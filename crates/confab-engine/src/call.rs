@@ -116,6 +116,7 @@ pub struct PeerStats {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub audio_tone_hz: Option<f64>,
+    pub audio_packets_received: u64,
 }
 
 /// What a call reports.
@@ -663,6 +664,7 @@ impl CallTask {
                 let a = p.audio.lock().unwrap();
                 s.jitter_ms = a.jitter_ms();
                 s.audio_tone_hz = a.tone_hz();
+                s.audio_packets_received = a.packets_received();
             }
             if let Some(at) = p.last.at {
                 let dt = now.duration_since(at).as_secs_f64().max(1e-3);

@@ -320,6 +320,11 @@ impl PeerAudio {
         crate::tone::dominant_frequency(&v, SAMPLE_RATE)
     }
 
+    /// Audio packets that arrived from this peer.
+    pub fn packets_received(&self) -> u64 {
+        self.jitter.stats.received
+    }
+
     pub fn jitter_ms(&self) -> f64 {
         self.jitter.jitter_ms()
     }

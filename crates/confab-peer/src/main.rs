@@ -138,6 +138,7 @@ struct PeerSummary {
     stamp_gaps: u64,
     latency_ms: Option<serde_json::Value>,
     audio_tone_hz: Option<f64>,
+    audio_packets_received: u64,
     candidate_type: Option<String>,
     bytes_received: u64,
     bytes_sent: u64,
@@ -165,7 +166,11 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // webrtc-rs warns about harmless things (unknown DTLS extensions, early ICE
+                // checks); keep its noise out of a user's terminal unless asked for.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -274,7 +279,7 @@ async fn run(cli: Cli) -> Result<bool> {
                     Some(json!({"p50": percentile(&l, 0.5), "p95": percentile(&l, 0.95), "p99": percentile(&l, 0.99)}));
             }
         }
-        let received = s.frames_decoded > 0 || s.audio_tone_hz.is_some();
+        let received = s.frames_decoded > 0 || s.audio_packets_received > 0;
         if received && s.bytes_sent > 0 {
             ok_peers += 1;
         }
@@ -293,6 +298,7 @@ fn update(summaries: &mut BTreeMap<PeerId, PeerSummary>, stats: &PeerStats) {
         if stats.candidate_type.is_some() {
             s.candidate_type = stats.candidate_type.clone();
         }
+        s.audio_packets_received = s.audio_packets_received.max(stats.audio_packets_received);
         if stats.audio_tone_hz.is_some() {
             s.audio_tone_hz = stats.audio_tone_hz;
         }

@@ -1,0 +1,161 @@
+//! Interop with a browser: headless Chromium (fake camera and microphone, its own WebRTC
+//! stack) runs `interop/page.html`, a small protocol-v1 client, in the same room as a
+//! `confab-peer`. Each must decode the other's video and receive the other's audio, with
+//! either side offering.
+//!
+//! Everything runs inside a fresh network namespace that has only `lo`, so no packet leaves
+//! loopback (and Chromium needs `--allow-loopback-in-peer-connection`). Needs root for
+//! `ip netns`, Chromium (`scripts/bootstrap`) and `npm ci` in `tests/interop`
+//! (`scripts/test` does both); without them the test fails and says what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("confab-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "cannot create a network namespace (needs root and iproute2): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = Netns(name);
+        assert!(ns.cmd("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
+        ns
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).output();
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+fn signal_bin() -> PathBuf {
+    let bin = Path::new(PEER).with_file_name("confab-signal");
+    assert!(bin.exists(), "{} is missing: build the workspace first (cargo build --workspace)", bin.display());
+    bin
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Runs one call between Chromium and confab-peer; `chromium_first` decides who offers
+/// (the one already in the room offers to the newcomer).
+fn call(chromium_first: bool) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        interop_dir().join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci --prefix {}`",
+        interop_dir().display()
+    );
+    assert!(Path::new("/usr/bin/chromium").exists(), "chromium is not installed: run scripts/bootstrap");
+    let ns = Netns::new(if chromium_first { "ic" } else { "ir" });
+    let _signal = Killed(
+        ns.cmd(signal_bin())
+            .args(["--listen", "127.0.0.1:8787"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = "ws://127.0.0.1:8787/ws";
+    // Wait for the server inside the namespace.
+    for _ in 0..100 {
+        let probe = ns.cmd("bash").args(["-c", "exec 3<>/dev/tcp/127.0.0.1/8787"]).stderr(Stdio::null()).status();
+        if probe.unwrap().success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peer_args = [
+        "--server",
+        url,
+        "--room",
+        "interop",
+        "--name",
+        "Rusty",
+        "--bind",
+        "127.0.0.1",
+        "--size",
+        "640x360",
+        "--quiet-stats",
+    ];
+    let node_args = |secs: &str| {
+        let mut c = ns.cmd("node");
+        c.arg(interop_dir().join("run.mjs")).args(["--server", url, "--room", "interop", "--duration", secs]);
+        c
+    };
+    let (peer_out, chrome_out) = if chromium_first {
+        let chrome = node_args("12").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        std::thread::sleep(Duration::from_secs(3)); // Chromium is in the room before us
+        let peer = ns.cmd(PEER).args(peer_args).args(["--duration", "12"]).output().unwrap();
+        (peer, chrome.wait_with_output().unwrap())
+    } else {
+        let peer = ns.cmd(PEER).args(peer_args).args(["--duration", "13"]).stdout(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let chrome = node_args("10").stderr(Stdio::inherit()).output().unwrap();
+        (peer.wait_with_output().unwrap(), chrome)
+    };
+
+    let chrome = json_lines(&chrome_out);
+    let chrome = chrome
+        .iter()
+        .find(|l| l["type"] == "chromium_summary")
+        .unwrap_or_else(|| panic!("no summary from Chromium: {}", String::from_utf8_lossy(&chrome_out.stdout)));
+    assert_eq!(chrome["errors"], Value::Array(vec![]), "{chrome}");
+    let seen = chrome["peers"].as_object().unwrap().values().next().unwrap_or_else(|| panic!("{chrome}"));
+    assert!(seen["framesDecoded"].as_u64().unwrap() > 60, "Chromium decoded our VP8: {seen}");
+    assert_eq!(seen["codec"], "video/VP8");
+    assert_eq!(seen["frameWidth"], 640);
+    assert!(seen["audioPackets"].as_u64().unwrap() > 100, "Chromium got our Opus: {seen}");
+
+    let lines = json_lines(&peer_out);
+    let summary = lines.iter().find(|l| l["type"] == "summary").unwrap_or_else(|| panic!("no summary: {lines:?}"));
+    let p = &summary["peers"][0];
+    assert_eq!(p["name"], "Chromium");
+    assert!(p["frames_decoded"].as_u64().unwrap() > 60, "we decoded Chromium's video: {p}");
+    assert!(p["audio_packets_received"].as_u64().unwrap() > 100, "we got Chromium's audio: {p}");
+    assert_eq!(summary["ok"], true);
+    assert!(peer_out.status.success());
+}
+
+#[test]
+fn confab_offers_to_chromium() {
+    call(false);
+}
+
+#[test]
+fn chromium_offers_to_confab() {
+    call(true);
+}

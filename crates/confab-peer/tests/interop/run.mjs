@@ -1,0 +1,42 @@
+// Runs page.html in headless Chromium (fake camera and microphone, its own WebRTC) against a
+// confab-signal server, for `--duration` seconds, then prints one JSON line: what Chromium
+// decoded and heard from each peer. Used by crates/confab-peer/tests/interop.rs.
+//
+//   node run.mjs --server ws://127.0.0.1:8787/ws --room r --duration 10
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
+  (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
+const dir = path.dirname(fileURLToPath(import.meta.url));
+const html = fs.readFileSync(path.join(dir, 'page.html'));
+
+// Served over http://127.0.0.1 (a secure context, as getUserMedia requires).
+const server = http.createServer((req, res) => { res.setHeader('content-type', 'text/html'); res.end(html); });
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const url = `http://127.0.0.1:${server.address().port}/?server=${encodeURIComponent(args.server)}` +
+  `&room=${encodeURIComponent(args.room)}&name=${encodeURIComponent(args.name || 'Chromium')}`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+let result;
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => { if (process.env.CONFAB_INTEROP_DEBUG) console.error(m.text()); });
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  await page.goto(url);
+  await page.waitForFunction(() => window.ready === true, null, { timeout: 15000 });
+  await new Promise((r) => setTimeout(r, Number(args.duration || 10) * 1000));
+  result = await page.evaluate(() => window.report());
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(JSON.stringify({ type: 'chromium_summary', ...result }));
