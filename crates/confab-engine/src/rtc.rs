@@ -148,8 +148,18 @@ pub async fn build_pc(
             IcePolicy::Relay => RTCIceTransportPolicy::Relay,
         })
         .build();
-    let setting =
-        SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
+    let setting = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        // Check candidate pairs every 25 ms instead of 200: the first checks decide how soon
+        // the first picture shows, and on a LAN the first pair usually works. 80 tries keep
+        // a pair alive for 2 s, enough for far-away relays to answer.
+        .with_ice_connection_attempts(Some(std::time::Duration::from_millis(25)), Some(80))
+        // The answerer waits as DTLS server, so the offerer (which by then has the answer and
+        // our fingerprint) starts the handshake. The other way round, the answerer's first
+        // ClientHello can reach the offerer before the answer does, be dropped, and cost a
+        // 1 s DTLS retransmission.
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Server)
+        .build();
     let pc = PeerConnectionBuilder::<String>::new()
         .with_configuration(cfg)
         .with_media_engine(me)

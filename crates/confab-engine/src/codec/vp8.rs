@@ -39,7 +39,10 @@ impl Vp8Config {
     pub fn realtime(width: u32, height: u32, fps: u32) -> Self {
         let pixels_per_s = width as u64 * height as u64 * fps as u64;
         let bitrate_kbps = ((pixels_per_s * 7 / 100) / 1000).clamp(150, 4000) as u32;
-        let threads = if width * height >= 1280 * 720 { 2 } else { 1 };
+        // libvpx's VP8 row-sync threads busy-wait for each other: on a machine with few cores
+        // (and a decoder per peer beside the encoder) a second thread burns more than it saves.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = if width * height >= 1280 * 720 && cores >= 4 { 2 } else { 1 };
         Vp8Config { width, height, fps, bitrate_kbps, threads, cpu_used: -8 }
     }
 }
