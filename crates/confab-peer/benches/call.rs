@@ -28,6 +28,8 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 /// Runs a peer to completion; returns its summary and CPU seconds (from wait4's rusage).
+// The child is reaped by libc::wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_peer(url: &str, room: &str, name: &str, size: &str, secs: f64, hz: &str) -> std::thread::JoinHandle<Run> {
     let mut child = Command::new(PEER)
         .args(["--server", url, "--room", room, "--name", name, "--bind", "127.0.0.1", "--size", size])

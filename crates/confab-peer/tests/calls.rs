@@ -180,3 +180,28 @@ async fn mute_camera_off_and_chat_reach_the_other_side() {
     let frames = summary(&b_lines)["peers"][0]["frames_decoded"].as_u64().unwrap();
     assert!(frames > 30 && frames < 140, "{frames}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_wss_with_the_servers_own_certificate() {
+    let _turn = ONE_CALL_AT_A_TIME.lock().await;
+    let id = confab_signal::tls::self_signed(&[]).unwrap();
+    let pem = std::env::temp_dir().join(format!("confab-calls-{}.pem", std::process::id()));
+    std::fs::write(&pem, &id.cert_pem).unwrap();
+    let cfg =
+        confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), tls: Some(id.config), ..Default::default() };
+    let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();
+    let url = format!("wss://localhost:{}/ws", srv.local_addr().port());
+    let ca = pem.to_str().unwrap();
+    let a = Peer::start(&url, "tls", "Ada", &["--duration", "4", "--ca-cert", ca]);
+    let b = Peer::start(&url, "tls", "Bob", &["--duration", "4", "--ca-cert", ca]);
+    // Without the certificate the server is not trusted: a clear error, exit status 1.
+    let stranger = Peer::start(&url, "tls", "Eve", &["--duration", "1"]);
+    let (a_ok, _) = tokio::task::spawn_blocking(|| a.finish()).await.unwrap();
+    let (b_ok, _) = tokio::task::spawn_blocking(|| b.finish()).await.unwrap();
+    let (eve_ok, eve) = tokio::task::spawn_blocking(|| stranger.finish()).await.unwrap();
+    assert!(a_ok && b_ok, "media flowed over a wss-signalled call");
+    assert!(!eve_ok);
+    let err = events(&eve, "error")[0]["message"].as_str().unwrap().to_string();
+    assert!(err.contains("TLS") && err.contains("localhost"), "{err}");
+    let _ = std::fs::remove_file(pem);
+}
