@@ -56,7 +56,13 @@ pub struct CallConfig {
     pub udp_bind: Vec<String>,
     /// Extra ICE servers besides those the signaling server hands out.
     pub extra_ice_servers: Vec<IceServer>,
+    /// Also hand captured local frames to the frame sink, as peer [`SELF_TILE`] (the UI's
+    /// self view).
+    pub self_view: bool,
 }
+
+/// The peer id under which local frames reach the frame sink when `self_view` is on.
+pub const SELF_TILE: &str = "self";
 
 impl CallConfig {
     pub fn new(server: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
@@ -76,6 +82,7 @@ impl CallConfig {
             ice_policy: IcePolicy::All,
             udp_bind: vec!["0.0.0.0:0".into()],
             extra_ice_servers: Vec::new(),
+            self_view: false,
         }
     }
 }
@@ -176,12 +183,27 @@ enum Command {
     Leave(oneshot::Sender<()>),
 }
 
-/// The handle of a running call.
+/// The handle of a running call: the commands of [`CallController`] (through `Deref`) plus
+/// the event stream.
 pub struct Call {
-    cmd: mpsc::Sender<Command>,
+    control: CallController,
     events: mpsc::Receiver<CallEvent>,
     /// Our id in the room.
     pub peer_id: PeerId,
+}
+
+/// Sends commands to a running call; cheap to clone, so a UI can keep one while a task
+/// reads the events.
+#[derive(Clone)]
+pub struct CallController {
+    cmd: mpsc::Sender<Command>,
+}
+
+impl std::ops::Deref for Call {
+    type Target = CallController;
+    fn deref(&self) -> &CallController {
+        &self.control
+    }
 }
 
 impl Call {
@@ -191,7 +213,7 @@ impl Call {
         // Devices first: a busy camera should fail the join, not half a call.
         let send = SendSide::new();
         let muted = Arc::new(AtomicBool::new(false));
-        let video = start_video(&cfg, &cfg.video, &send)?;
+        let video = start_video(&cfg, &cfg.video, &send, &frames)?;
         let audio = match devices::open_audio(&cfg.audio)? {
             Some(src) => Some(AudioPipeline::start(src, muted.clone(), send.clone())?),
             None => None,
@@ -247,7 +269,7 @@ impl Call {
             task.add_peer(p, true).await;
         }
         tokio::spawn(task.run(cmd_rx, sig_rx, pc_rx));
-        Ok(Call { cmd: cmd_tx, events: ev_rx, peer_id: me })
+        Ok(Call { control: CallController { cmd: cmd_tx }, events: ev_rx, peer_id: me })
     }
 
     /// The next event; `None` after [`CallEvent::Ended`].
@@ -255,6 +277,19 @@ impl Call {
         self.events.recv().await
     }
 
+    /// A handle for commands that outlives borrows of the call.
+    pub fn controller(&self) -> CallController {
+        self.control.clone()
+    }
+
+    /// Leaves the room: capture stops, every peer connection closes, every thread ends.
+    /// Returns when all of that is done.
+    pub async fn leave(self) {
+        self.control.leave().await
+    }
+}
+
+impl CallController {
     pub async fn set_muted(&self, muted: bool) {
         let _ = self.cmd.send(Command::Mute(muted)).await;
     }
@@ -280,9 +315,8 @@ impl Call {
         let _ = self.cmd.send(Command::Chat(text.into())).await;
     }
 
-    /// Leaves the room: capture stops, every peer connection closes, every thread ends.
-    /// Returns when all of that is done.
-    pub async fn leave(self) {
+    /// Leaves the room and waits until everything is closed. Harmless if already ended.
+    pub async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
         if self.cmd.send(Command::Leave(tx)).await.is_ok() {
             let _ = rx.await;
@@ -290,14 +324,20 @@ impl Call {
     }
 }
 
-fn start_video(cfg: &CallConfig, spec: &VideoSpec, send: &SendSide) -> Result<Option<VideoPipeline>, CallError> {
+fn start_video(
+    cfg: &CallConfig,
+    spec: &VideoSpec,
+    send: &SendSide,
+    frames: &Arc<dyn FrameSink>,
+) -> Result<Option<VideoPipeline>, CallError> {
     let Some(src) = devices::open_video(spec, cfg.width, cfg.height, cfg.fps)? else { return Ok(None) };
     let mut enc = Vp8Config::realtime(cfg.width, cfg.height, cfg.fps);
     if let Some(kbps) = cfg.bitrate_kbps {
         enc.bitrate_kbps = kbps;
     }
     send.keyframe.store(true, Relaxed);
-    Ok(Some(VideoPipeline::start(src, enc, send.clone())?))
+    let self_view = cfg.self_view.then(|| frames.clone());
+    Ok(Some(VideoPipeline::start(src, enc, send.clone(), self_view)?))
 }
 
 struct PeerSession {
@@ -402,7 +442,7 @@ impl CallTask {
                 }
                 self.camera_on = on;
                 if on {
-                    match start_video(&self.cfg, &self.cfg.video.clone(), &self.send) {
+                    match start_video(&self.cfg, &self.cfg.video.clone(), &self.send, &self.frames) {
                         Ok(v) => self.video = v,
                         Err(e) => {
                             self.camera_on = false;
@@ -417,12 +457,13 @@ impl CallTask {
             Command::SwitchVideo(spec, ack) => {
                 // Release the old camera first: some cannot be opened twice.
                 self.video = None;
-                let r = start_video(&self.cfg, &spec, &self.send).map(|v| {
+                let r = start_video(&self.cfg, &spec, &self.send, &self.frames).map(|v| {
                     self.video = v;
                     self.cfg.video = spec;
                 });
                 if r.is_err() {
-                    self.video = start_video(&self.cfg, &self.cfg.video.clone(), &self.send).ok().flatten();
+                    self.video =
+                        start_video(&self.cfg, &self.cfg.video.clone(), &self.send, &self.frames).ok().flatten();
                 }
                 let _ = ack.send(r);
             }

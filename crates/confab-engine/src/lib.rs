@@ -35,7 +35,7 @@ pub mod stamp;
 pub mod tone;
 pub mod vp8_rtp;
 
-pub use call::{Call, CallConfig, CallError, CallEvent, PeerStats};
+pub use call::{Call, CallConfig, CallController, CallError, CallEvent, PeerStats, SELF_TILE};
 pub use media::{DecodedFrame, FrameSink, NoFrames};
 pub use rtc::IcePolicy;
 pub use signaling::TlsOptions;

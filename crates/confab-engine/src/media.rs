@@ -132,6 +132,7 @@ impl VideoPipeline {
         mut source: Box<dyn VideoSource>,
         enc: Vp8Config,
         out: SendSide,
+        self_view: Option<Arc<dyn FrameSink>>,
     ) -> Result<Self, crate::codec::vp8::Vp8Error> {
         let mut encoder = Vp8Encoder::new(enc)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +147,15 @@ impl VideoPipeline {
             .spawn(move || {
                 while !stop1.load(Relaxed) {
                     match source.next_frame() {
-                        Ok(Some(f)) => slot1.put(f),
+                        Ok(Some(mut f)) => {
+                            if let Some(view) = &self_view {
+                                // Lend the frame to the self view without copying it.
+                                let d = DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms };
+                                view.on_frame(&PeerId(crate::call::SELF_TILE.into()), &d);
+                                f.frame = d.frame;
+                            }
+                            slot1.put(f)
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             warn!(error = %e, "video capture failed");

@@ -38,7 +38,8 @@ impl SyntheticPicture {
         for row in 0..ch {
             for col in 0..cw {
                 let band = ((col * 2 + t * 2) / (cw.max(8) / 4).max(1)) % 4;
-                let (cu, cv) = [(90, 240), (240, 110), (60, 80), (160, 60)][band];
+                // Muted colours: a test picture, not a rave.
+                let (cu, cv) = [(118, 150), (150, 122), (104, 112), (136, 104)][band];
                 u[row * cw + col] = cu;
                 v[row * cw + col] = cv;
             }

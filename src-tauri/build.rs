@@ -1,0 +1,20 @@
+// The Tauri config lives at the repository root (tauri.conf.json), next to ui/ and icons/.
+// The app manifest lists our commands so that capabilities can grant exactly them.
+fn main() {
+    let manifest = tauri_build::AppManifest::new().commands(&[
+        "app_info",
+        "list_devices",
+        "save_settings",
+        "start_preview",
+        "stop_preview",
+        "join",
+        "leave",
+        "set_muted",
+        "set_camera",
+        "send_chat",
+        "frame_done",
+        "set_tile_size",
+    ]);
+    tauri_build::try_build(tauri_build::Attributes::new().config_path("../tauri.conf.json").app_manifest(manifest))
+        .expect("tauri build step");
+}

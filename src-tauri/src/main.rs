@@ -1,0 +1,420 @@
+//! confab desktop app: a thin Tauri layer over `confab-engine`. Commands validate what the
+//! page sends and call the engine; events and frames go back through channels. With no
+//! server configured, the app runs `confab-signal` in-process.
+
+#![cfg_attr(all(not(debug_assertions), target_os = "windows"), windows_subsystem = "windows")]
+
+mod builtin;
+mod frames;
+mod settings;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use confab_engine::devices::{self, AudioSpec, DeviceInfo, DeviceKind, SinkSpec, VideoSpec};
+use confab_engine::{Call, CallConfig, CallController, CallEvent, DecodedFrame, FrameSink};
+use confab_proto::{limits, PeerId};
+use frames::FrameForwarder;
+use serde::{Deserialize, Serialize};
+use settings::{Settings, BUILT_IN};
+use tauri::ipc::{Channel, InvokeResponseBody};
+use tauri::{Manager, State};
+
+/// confab: video calls. Type a room, click Join.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(name = "confab", version)]
+struct Cli {
+    /// Signaling server (ws:// or wss://), or "built-in".
+    #[arg(long)]
+    server: Option<String>,
+    /// Room to pre-fill.
+    #[arg(long)]
+    room: Option<String>,
+    /// Display name to pre-fill.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+struct Active {
+    control: CallController,
+    pump: tauri::async_runtime::JoinHandle<()>,
+}
+
+struct Preview {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+struct AppState {
+    cli: Cli,
+    config_dir: PathBuf,
+    settings: Mutex<Settings>,
+    call: tokio::sync::Mutex<Option<Active>>,
+    preview: Mutex<Option<Preview>>,
+    /// Where frames go now (the preview's or the call's forwarder).
+    frames: Mutex<Option<Arc<FrameForwarder>>>,
+    builtin: tokio::sync::Mutex<builtin::BuiltIn>,
+    /// `CONFAB_SYNTHETIC_DEVICES=1`: offer the synthetic camera and microphone.
+    synthetic: bool,
+    /// `CONFAB_UDP_BIND`: where ICE host candidates live (default: every interface).
+    udp_bind: String,
+}
+
+#[derive(Serialize)]
+struct AppInfo {
+    version: &'static str,
+    settings: Settings,
+    /// Command-line values, which win over saved settings.
+    initial: Cli,
+    devices: Vec<DeviceInfo>,
+    synthetic: bool,
+}
+
+fn devices_for(synthetic: bool) -> Vec<DeviceInfo> {
+    devices::list_devices(synthetic)
+}
+
+#[tauri::command]
+fn app_info(state: State<'_, AppState>) -> AppInfo {
+    AppInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        settings: state.settings.lock().unwrap().clone(),
+        initial: state.cli.clone(),
+        devices: devices_for(state.synthetic),
+        synthetic: state.synthetic,
+    }
+}
+
+#[tauri::command]
+fn list_devices(state: State<'_, AppState>) -> Vec<DeviceInfo> {
+    devices_for(state.synthetic)
+}
+
+#[tauri::command]
+fn save_settings(state: State<'_, AppState>, settings: Settings) -> Result<(), String> {
+    settings::save(&state.config_dir, &settings).map_err(|e| format!("cannot save settings: {e}"))?;
+    *state.settings.lock().unwrap() = settings;
+    Ok(())
+}
+
+fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
+    match id {
+        "none" => VideoSpec::None,
+        "synthetic" => VideoSpec::Synthetic,
+        "" if synthetic && devices::camera::list().is_empty() => VideoSpec::Synthetic,
+        "" => VideoSpec::Camera(None),
+        id => VideoSpec::Camera(Some(id.into())),
+    }
+}
+
+/// Shows the chosen camera on the join screen until Join (or another choice).
+#[tauri::command]
+fn start_preview(
+    state: State<'_, AppState>,
+    camera: String,
+    frames: Channel<InvokeResponseBody>,
+) -> Result<(), String> {
+    stop_preview_inner(&state);
+    let spec = video_spec(&camera, state.synthetic);
+    let Some(mut source) = devices::open_video(&spec, 640, 360, 30).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let fwd = Arc::new(FrameForwarder::new(frames));
+    *state.frames.lock().unwrap() = Some(fwd.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("preview".into())
+        .spawn(move || {
+            let me = PeerId(confab_engine::SELF_TILE.into());
+            while !stop2.load(Ordering::Relaxed) {
+                match source.next_frame() {
+                    Ok(Some(f)) => {
+                        fwd.on_frame(&me, &DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms })
+                    }
+                    _ => break,
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    *state.preview.lock().unwrap() = Some(Preview { stop, thread });
+    Ok(())
+}
+
+fn stop_preview_inner(state: &AppState) {
+    if let Some(p) = state.preview.lock().unwrap().take() {
+        p.stop.store(true, Ordering::Relaxed);
+        let _ = p.thread.join();
+    }
+}
+
+#[tauri::command]
+fn stop_preview(state: State<'_, AppState>) {
+    stop_preview_inner(&state);
+}
+
+#[derive(Deserialize, Debug)]
+struct JoinRequest {
+    name: String,
+    room: String,
+    server: String,
+    password: Option<String>,
+    camera: String,
+    microphone: String,
+    speaker: String,
+    host_on_network: bool,
+}
+
+#[derive(Serialize)]
+struct Joined {
+    peer_id: PeerId,
+    room: String,
+    server: String,
+    /// When hosting on the network: the address to give others.
+    share: Option<String>,
+    audio_only: bool,
+}
+
+fn check_text(what: &str, v: &str, max: usize) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(format!("Please enter a {what}."));
+    }
+    if v.chars().count() > max {
+        return Err(format!("The {what} is too long (at most {max} characters)."));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("The {what} has characters that cannot be used."));
+    }
+    Ok(v.to_string())
+}
+
+#[tauri::command]
+async fn join(
+    state: State<'_, AppState>,
+    req: JoinRequest,
+    events: Channel<serde_json::Value>,
+    frames: Channel<InvokeResponseBody>,
+) -> Result<Joined, String> {
+    let name = check_text("display name", &req.name, limits::MAX_DISPLAY_NAME_CHARS)?;
+    let room = check_text("room name", &req.room, limits::MAX_ROOM_NAME_CHARS)?;
+    let password = req.password.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(String::from);
+    let server_setting = req.server.trim().to_string();
+    leave_inner(&state).await;
+    stop_preview_inner(&state);
+
+    let (url, share) = if server_setting.is_empty() || server_setting == BUILT_IN {
+        let mut b = state.builtin.lock().await;
+        b.ensure(req.host_on_network).await?
+    } else if server_setting.starts_with("ws://") || server_setting.starts_with("wss://") {
+        (server_setting.clone(), None)
+    } else {
+        return Err(format!("The server address must start with ws:// or wss:// (got '{server_setting}')."));
+    };
+
+    let mut video = video_spec(&req.camera, state.synthetic);
+    let mut audio_only = false;
+    if video == VideoSpec::Camera(None) && devices::camera::list().is_empty() {
+        // No camera at all: join with sound only rather than not at all.
+        video = VideoSpec::None;
+        audio_only = true;
+    }
+    let has = |kind: DeviceKind| devices_for(false).iter().any(|d| d.kind == kind);
+    let audio = match req.microphone.as_str() {
+        "none" => AudioSpec::None,
+        "synthetic" => AudioSpec::Synthetic(440.0),
+        "" if has(DeviceKind::Microphone) => AudioSpec::Mic(None),
+        "" if state.synthetic => AudioSpec::Synthetic(440.0),
+        "" => AudioSpec::None,
+        id => AudioSpec::Mic(Some(id.into())),
+    };
+    let sink = match req.speaker.as_str() {
+        "" if has(DeviceKind::Speaker) => SinkSpec::Speaker(None),
+        "" | "null" | "none" => SinkSpec::Null,
+        id => SinkSpec::Speaker(Some(id.into())),
+    };
+
+    let mut cfg = CallConfig::new(url.clone(), room.clone(), name.clone());
+    cfg.password = password;
+    cfg.video = video;
+    cfg.audio = audio;
+    cfg.sink = sink;
+    cfg.self_view = true;
+    cfg.udp_bind = vec![format!("{}:0", state.udp_bind)];
+    let fwd = Arc::new(FrameForwarder::new(frames));
+    *state.frames.lock().unwrap() = Some(fwd.clone());
+    let mut call = Call::join(cfg, fwd.clone()).await.map_err(|e| friendly(&e))?;
+    let peer_id = call.peer_id.clone();
+
+    let saved = Settings {
+        name,
+        room: room.clone(),
+        server: if server_setting.is_empty() { BUILT_IN.into() } else { server_setting },
+        camera: req.camera.clone(),
+        microphone: req.microphone.clone(),
+        speaker: req.speaker.clone(),
+        host_on_network: req.host_on_network,
+    };
+    if let Err(e) = settings::save(&state.config_dir, &saved) {
+        tracing::warn!(error = %e, "cannot save settings");
+    }
+    *state.settings.lock().unwrap() = saved;
+
+    let control = call.controller();
+    let pump = tauri::async_runtime::spawn(async move {
+        while let Some(ev) = call.next_event().await {
+            if let CallEvent::PeerLeft { peer_id } = &ev {
+                fwd.remove(peer_id.as_str());
+            }
+            let end = matches!(ev, CallEvent::Ended { .. });
+            if let Ok(v) = serde_json::to_value(&ev) {
+                let _ = events.send(v);
+            }
+            if end {
+                break;
+            }
+        }
+    });
+    *state.call.lock().await = Some(Active { control, pump });
+    Ok(Joined { peer_id, room, server: url, share, audio_only })
+}
+
+/// Turns engine errors into what the join screen should say.
+fn friendly(e: &confab_engine::CallError) -> String {
+    use confab_engine::CallError as E;
+    use confab_proto::ErrorCode;
+    match e {
+        E::Refused { code: ErrorCode::RoomFull, message } => format!("This room is full: {message}."),
+        E::Refused { code: ErrorCode::Unauthorized, message } => format!("Wrong or missing password: {message}."),
+        E::Signal(confab_engine::signaling::SignalError::Unreachable { addr, .. }) => {
+            format!("Cannot reach the server at {addr}. Check the address, or use the built-in server.")
+        }
+        E::Device(devices::DeviceError::Busy { kind, name, .. }) => {
+            format!("The {kind} '{name}' is in use by another program. Close it, or pick another {kind}.")
+        }
+        E::Device(devices::DeviceError::NotFound { kind, .. }) => {
+            format!("No {kind} found. Pick another one in the list.")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn leave_inner(state: &AppState) {
+    let active = state.call.lock().await.take();
+    if let Some(a) = active {
+        a.control.leave().await;
+        let _ = a.pump.await;
+    }
+}
+
+#[tauri::command]
+async fn leave(state: State<'_, AppState>) -> Result<(), String> {
+    leave_inner(&state).await;
+    Ok(())
+}
+
+#[tauri::command]
+async fn set_muted(state: State<'_, AppState>, muted: bool) -> Result<(), String> {
+    if let Some(a) = state.call.lock().await.as_ref() {
+        a.control.set_muted(muted).await;
+    }
+    Ok(())
+}
+
+#[tauri::command]
+async fn set_camera(state: State<'_, AppState>, on: bool) -> Result<(), String> {
+    if let Some(a) = state.call.lock().await.as_ref() {
+        a.control.set_camera(on).await;
+    }
+    Ok(())
+}
+
+#[tauri::command]
+async fn send_chat(state: State<'_, AppState>, text: String) -> Result<(), String> {
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Ok(());
+    }
+    if text.chars().count() > limits::MAX_CHAT_CHARS {
+        return Err(format!("Messages can be at most {} characters.", limits::MAX_CHAT_CHARS));
+    }
+    match state.call.lock().await.as_ref() {
+        Some(a) => {
+            a.control.chat(text).await;
+            Ok(())
+        }
+        None => Err("Not in a call.".into()),
+    }
+}
+
+#[tauri::command]
+fn frame_done(state: State<'_, AppState>, tile: String) {
+    if let Some(f) = state.frames.lock().unwrap().as_ref() {
+        f.frame_done(&tile);
+    }
+}
+
+#[tauri::command]
+fn set_tile_size(state: State<'_, AppState>, tile: String, width: u32, height: u32) {
+    if let Some(f) = state.frames.lock().unwrap().as_ref() {
+        f.set_tile_size(&tile, width, height);
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error")
+        }))
+        .with_writer(std::io::stderr)
+        .init();
+    let synthetic = std::env::var("CONFAB_SYNTHETIC_DEVICES").map(|v| v == "1").unwrap_or(false);
+    let udp_bind = std::env::var("CONFAB_UDP_BIND").unwrap_or_else(|_| "0.0.0.0".into());
+    let app = tauri::Builder::default()
+        .setup(move |app| {
+            let config_dir = app.path().app_config_dir().unwrap_or_else(|_| std::env::temp_dir().join("confab"));
+            let settings = settings::load(&config_dir);
+            app.manage(AppState {
+                cli: cli.clone(),
+                config_dir,
+                settings: Mutex::new(settings),
+                call: tokio::sync::Mutex::new(None),
+                preview: Mutex::new(None),
+                frames: Mutex::new(None),
+                builtin: tokio::sync::Mutex::new(builtin::BuiltIn::default()),
+                synthetic,
+                udp_bind: udp_bind.clone(),
+            });
+            Ok(())
+        })
+        .invoke_handler(tauri::generate_handler![
+            app_info,
+            list_devices,
+            save_settings,
+            start_preview,
+            stop_preview,
+            join,
+            leave,
+            set_muted,
+            set_camera,
+            send_chat,
+            frame_done,
+            set_tile_size
+        ])
+        .build(tauri::generate_context!("../tauri.conf.json"))
+        .expect("building the app");
+    app.run(|handle, event| {
+        if let tauri::RunEvent::Exit = event {
+            // Closing the window leaves the call properly: peers see us go at once.
+            let state = handle.state::<AppState>();
+            tauri::async_runtime::block_on(async {
+                leave_inner(&state).await;
+                state.builtin.lock().await.stop().await;
+            });
+            stop_preview_inner(&state);
+        }
+    });
+}

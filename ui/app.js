@@ -1,0 +1,265 @@
+// confab's page: the join screen, the call screen and the wiring to the Rust backend. All
+// media lives in Rust; this page draws the frames it is sent and shows the call's events.
+import { Tile, parseFrame } from './tiles.js';
+import { Chat } from './chat.js';
+
+const { invoke, Channel } = window.__TAURI__.core;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  screen: 'join', me: null, room: '', muted: false, cameraOn: true, showStats: false,
+  peers: new Map(), // peer id -> { name, tile, stats }
+  selfTile: null, previewTile: null, devices: [],
+};
+
+// ---------- helpers ----------
+function toast(text, bad = false) {
+  const t = document.createElement('div');
+  t.className = 'toast' + (bad ? ' bad' : ''); t.textContent = text;
+  $('toasts').append(t);
+  setTimeout(() => t.remove(), 4000);
+}
+
+/** A frame channel that draws into whatever tile the frame names, then acks it. */
+function frameChannel() {
+  const ch = new Channel();
+  ch.onmessage = (buf) => {
+    const f = parseFrame(buf instanceof ArrayBuffer ? buf : new Uint8Array(buf).buffer);
+    if (!f) return;
+    const tile = f.id === 'self' ? (state.screen === 'call' ? state.selfTile : state.previewTile) : state.peers.get(f.id)?.tile;
+    if (tile) tile.draw(f);
+    invoke('frame_done', { tile: f.id }).catch(() => {});
+  };
+  return ch;
+}
+const reportSize = (id, width, height) => invoke('set_tile_size', { tile: id, width, height }).catch(() => {});
+
+// ---------- join screen ----------
+function fillDevices(devices, settings) {
+  const groups = { camera: $('camera-select'), microphone: $('mic-select'), speaker: $('speaker-select') };
+  for (const [kind, sel] of Object.entries(groups)) {
+    sel.replaceChildren();
+    const list = devices.filter((d) => d.kind === kind);
+    if (list.length === 0) {
+      sel.append(new Option(kind === 'camera' ? 'No camera (audio only)' : `No ${kind}`, 'none'));
+    } else {
+      for (const d of list) sel.append(new Option(d.name, d.id));
+    }
+    if (kind !== 'speaker') sel.append(new Option('Off', 'none'));
+    const saved = settings[kind];
+    if (saved && [...sel.options].some((o) => o.value === saved)) sel.value = saved;
+  }
+}
+
+async function startPreview() {
+  if (state.screen !== 'join') return;
+  const cam = $('camera-select').value;
+  if (!state.previewTile) {
+    state.previewTile = new Tile('self', $('display-name').value || 'You', { self: true, onResize: reportSize });
+    $('preview').append(state.previewTile.el);
+  }
+  state.previewTile.el.classList.remove('has-video');
+  state.previewTile.setMedia({ camera: cam !== 'none' });
+  try {
+    await invoke('start_preview', { camera: cam, frames: frameChannel() });
+  } catch (e) {
+    showJoinError(String(e));
+  }
+}
+
+function showJoinError(text) {
+  const box = $('join-error');
+  box.hidden = !text; box.textContent = text || '';
+}
+
+async function join() {
+  const button = $('join-button');
+  showJoinError('');
+  const req = {
+    name: $('display-name').value, room: $('room-name').value, server: $('server-url').value.trim() || 'built-in',
+    password: $('room-password').value || null, camera: $('camera-select').value,
+    microphone: $('mic-select').value, speaker: $('speaker-select').value, host_on_network: $('host-network').checked,
+  };
+  if (!req.name.trim()) { showJoinError('Please enter your name.'); $('display-name').focus(); return; }
+  if (!req.room.trim()) { showJoinError('Please enter a room name.'); $('room-name').focus(); return; }
+  button.disabled = true; button.textContent = 'Joining…';
+  const events = new Channel();
+  events.onmessage = onEvent;
+  enterCall(req);
+  try {
+    const joined = await invoke('join', { req, events, frames: frameChannel() });
+    state.me = joined.peer_id;
+    chat.reset(joined.peer_id);
+    if (joined.share) { $('share-line').hidden = false; $('share-line').textContent = `Others join at ${joined.share}`; }
+    if (joined.audio_only) toast('No camera found: you joined with sound only.');
+  } catch (e) {
+    leaveToJoin();
+    showJoinError(String(e));
+  } finally {
+    button.disabled = false; button.textContent = 'Join';
+  }
+}
+
+// ---------- call screen ----------
+function enterCall(req) {
+  state.screen = 'call'; state.room = req.room.trim(); state.muted = false; state.cameraOn = req.camera !== 'none';
+  if (state.previewTile) { state.previewTile.remove(); state.previewTile = null; }
+  $('join-screen').hidden = true; $('call-screen').hidden = false;
+  $('room-label').textContent = state.room; $('share-line').hidden = true;
+  state.selfTile = new Tile('self', `${req.name.trim()} (you)`, { self: true, onResize: reportSize });
+  state.selfTile.setMedia({ muted: false, camera: state.cameraOn });
+  $('grid').replaceChildren(state.selfTile.el);
+  setPressed('mic-button', false, 'Mute', 'Unmute');
+  setPressed('camera-button', !state.cameraOn, 'Stop video', 'Start video');
+  layout();
+}
+
+function leaveToJoin() {
+  state.screen = 'join';
+  for (const p of state.peers.values()) p.tile.remove();
+  state.peers.clear();
+  if (state.selfTile) { state.selfTile.remove(); state.selfTile = null; }
+  $('call-screen').hidden = true; $('join-screen').hidden = false; $('banner').hidden = true;
+  chat.setOpen(false); $('settings-panel').hidden = true;
+  startPreview();
+}
+
+async function leave() {
+  $('leave-button').disabled = true;
+  try { await invoke('leave'); } finally { $('leave-button').disabled = false; leaveToJoin(); }
+}
+
+function layout() {
+  const n = state.peers.size + 1, g = $('grid');
+  g.className = 'grid ' + (n <= 6 ? `n${n}` : 'many');
+  $('people-count').textContent = n === 1 ? 'Only you so far' : `${n} people`;
+}
+
+function addPeer(peer) {
+  if (state.peers.has(peer.peer_id)) return;
+  const tile = new Tile(peer.peer_id, peer.name, { onResize: reportSize });
+  tile.setMedia({ muted: peer.muted, camera: peer.camera });
+  tile.setState('Connecting…');
+  state.peers.set(peer.peer_id, { name: peer.name, tile, stats: null });
+  $('grid').append(tile.el);
+  layout();
+}
+
+function removePeer(id) {
+  const p = state.peers.get(id);
+  if (!p) return;
+  p.tile.remove(); state.peers.delete(id); layout();
+  toast(`${p.name} left`);
+}
+
+function fmtStats(s) {
+  const f = (v, d = 0) => (v == null ? '–' : Number(v).toFixed(d));
+  return `${f(s.fps_received)} fps in · ${f(s.fps_sent)} out\n${f(s.bitrate_in_kbps)} kb/s in · ${f(s.bitrate_out_kbps)} out\n`
+    + `rtt ${f(s.rtt_ms)} ms · lost ${s.packets_lost}\njitter ${f(s.jitter_ms, 1)} ms · ${s.candidate_type || '…'}`;
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case 'joined': ev.peers.forEach(addPeer); break;
+    case 'peer_joined': addPeer(ev.peer); toast(`${ev.peer.name} joined`); break;
+    case 'peer_left': removePeer(ev.peer_id); break;
+    case 'connection': {
+      const p = state.peers.get(ev.peer_id); if (!p) break;
+      const label = { new: 'Connecting…', connecting: 'Connecting…', connected: '', disconnected: 'Reconnecting…', failed: 'Connection failed', closed: '' }[ev.state];
+      p.tile.setState(label ?? ev.state);
+      break;
+    }
+    case 'remote_state': state.peers.get(ev.peer_id)?.tile.setMedia({ muted: ev.muted, camera: ev.camera }); break;
+    case 'chat': chat.add(ev); break;
+    case 'stats': {
+      const p = state.peers.get(ev.stats.peer_id); if (!p) break;
+      p.stats = ev.stats; p.tile.setStats(state.showStats ? fmtStats(ev.stats) : '');
+      break;
+    }
+    case 'error': toast(ev.message, true); break;
+    case 'ended': if (state.screen === 'call' && ev.reason !== 'left') { toast(`Call ended: ${ev.reason}`, true); leaveToJoin(); } break;
+  }
+}
+
+function setPressed(id, pressed, offLabel, onLabel) {
+  const b = $(id);
+  b.setAttribute('aria-pressed', String(pressed));
+  b.querySelector('.lbl').textContent = pressed ? onLabel : offLabel;
+}
+
+async function toggleMic() {
+  state.muted = !state.muted;
+  setPressed('mic-button', state.muted, 'Mute', 'Unmute');
+  state.selfTile?.setMedia({ muted: state.muted });
+  await invoke('set_muted', { muted: state.muted });
+}
+
+async function toggleCamera() {
+  state.cameraOn = !state.cameraOn;
+  setPressed('camera-button', !state.cameraOn, 'Stop video', 'Start video');
+  state.selfTile?.setMedia({ camera: state.cameraOn });
+  await invoke('set_camera', { on: state.cameraOn });
+}
+
+function toggleStats() {
+  state.showStats = !state.showStats;
+  $('stats-button').setAttribute('aria-pressed', String(state.showStats));
+  for (const p of state.peers.values()) p.tile.setStats(state.showStats && p.stats ? fmtStats(p.stats) : '');
+}
+
+function toggleSettings() {
+  const panel = $('settings-panel'), open = panel.hidden;
+  panel.hidden = !open; $('settings-button').setAttribute('aria-pressed', String(open));
+  if (open) {
+    chat.setOpen(false); $('chat-button').setAttribute('aria-pressed', 'false');
+    const name = (sel) => sel.options[sel.selectedIndex]?.text || '–';
+    const body = $('settings-body'); body.replaceChildren();
+    for (const [label, sel] of [['Camera', $('camera-select')], ['Microphone', $('mic-select')], ['Speaker', $('speaker-select')]]) {
+      const row = document.createElement('div'); const b = document.createElement('b'); b.textContent = label;
+      row.append(b, document.createElement('br'), name(sel)); body.append(row);
+    }
+    const note = document.createElement('div');
+    note.textContent = 'Devices are chosen on the join screen; Leave and Join again to change them.';
+    body.append(note);
+  }
+}
+
+// ---------- wiring ----------
+const chat = new Chat({
+  invoke,
+  onUnread: (n) => { const b = $('chat-badge'); b.hidden = n === 0; b.textContent = String(n); },
+});
+
+$('join-form').addEventListener('submit', (e) => { e.preventDefault(); join(); });
+$('camera-select').addEventListener('change', startPreview);
+$('display-name').addEventListener('input', () => state.previewTile?.setName($('display-name').value || 'You'));
+$('leave-button').addEventListener('click', leave);
+$('mic-button').addEventListener('click', toggleMic);
+$('camera-button').addEventListener('click', toggleCamera);
+$('stats-button').addEventListener('click', toggleStats);
+$('settings-button').addEventListener('click', toggleSettings);
+$('settings-close').addEventListener('click', toggleSettings);
+$('chat-button').addEventListener('click', () => {
+  const open = !chat.open; chat.setOpen(open); $('chat-button').setAttribute('aria-pressed', String(open));
+  if (open) { $('settings-panel').hidden = true; $('settings-button').setAttribute('aria-pressed', 'false'); }
+});
+$('chat-close').addEventListener('click', () => { chat.setOpen(false); $('chat-button').setAttribute('aria-pressed', 'false'); });
+document.addEventListener('keydown', (e) => {
+  if (state.screen !== 'call' || !e.ctrlKey) return;
+  if (e.key === 'd' || e.key === 'D') { e.preventDefault(); toggleMic(); }
+  if (e.key === 'e' || e.key === 'E') { e.preventDefault(); toggleCamera(); }
+});
+
+(async () => {
+  const info = await invoke('app_info');
+  const s = info.settings, init = info.initial;
+  $('display-name').value = init.name ?? s.name ?? '';
+  $('room-name').value = init.room ?? s.room ?? '';
+  $('server-url').value = init.server ?? s.server ?? 'built-in';
+  $('host-network').checked = !!s.host_on_network;
+  $('version-line').textContent = `confab ${info.version}`;
+  fillDevices(info.devices, s);
+  await startPreview();
+  (init.name || s.name) ? $('room-name').focus() : $('display-name').focus();
+  window.confabReady = true;
+})();
