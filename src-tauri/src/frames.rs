@@ -137,7 +137,7 @@ mod tests {
     fn fit_keeps_aspect_and_never_upscales() {
         assert_eq!(fit(1280, 720, (640, 640)), (640, 360));
         assert_eq!(fit(1280, 720, (4000, 4000)), (1280, 720));
-        assert_eq!(fit(640, 360, (300, 100)), (176, 98));
+        assert_eq!(fit(640, 360, (300, 100)), (176, 100));
     }
 
     #[test]
