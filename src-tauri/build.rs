@@ -13,6 +13,7 @@ fn main() {
         "set_camera",
         "send_chat",
         "frame_done",
+        "tile_counts",
         "set_tile_size",
     ]);
     tauri_build::try_build(tauri_build::Attributes::new().config_path("../tauri.conf.json").app_manifest(manifest))

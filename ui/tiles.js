@@ -97,7 +97,7 @@ export class Tile {
       <div class="label"><span class="mic-off badge-ico ico ico-mic" hidden></span><span class="cam-off badge-ico ico ico-cam" hidden></span><span class="name"></span></div>`;
     this.el = el; this.canvas = el.querySelector('canvas');
     this.setName(name);
-    try { this.renderer = new GLRenderer(this.canvas); this.el.dataset.renderer = 'webgl'; } catch {
+    try { this.renderer = new GLRenderer(this.canvas); this.el.dataset.renderer = "webgl"; } catch {
       this.renderer = new CanvasRenderer(this.canvas); this.el.dataset.renderer = '2d';
     }
     if (onResize) {

@@ -66,6 +66,12 @@ impl FrameForwarder {
         }
     }
 
+    /// Per tile: frames sent to the page, and frames replaced by a newer one before the page
+    /// was ready for them (dropped on the way to the screen).
+    pub fn counts(&self) -> HashMap<String, (u64, u64)> {
+        self.tiles.lock().unwrap().iter().map(|(k, t)| (k.clone(), (t.sent, t.replaced))).collect()
+    }
+
     /// Forgets a tile (its peer left).
     pub fn remove(&self, tile: &str) {
         self.tiles.lock().unwrap().remove(tile);

@@ -25,8 +25,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_of(names):
-    """Total CPU seconds of processes whose name starts with one of `names`."""
-    total = 0.0
+    """CPU seconds of processes by name: exactly "confab" (the app), or starting with one of
+    the WebKit helper names. The sending confab-peer is not counted."""
+    total = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -35,9 +36,10 @@ def cpu_of(names):
         except OSError:
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        if any(comm.startswith(n) for n in names):
-            f = stat[stat.rindex(")") + 2:].split()
-            total += (int(f[11]) + int(f[12])) / TICK
+        for n in names:
+            if comm == n or (n.startswith("WebKit") and comm.startswith(n)):
+                f = stat[stat.rindex(")") + 2:].split()
+                total[n] = total.get(n, 0.0) + (int(f[11]) + int(f[12])) / TICK
     return total
 
 
@@ -81,20 +83,29 @@ def main():
             names = ("confab", "WebKitWebProces", "WebKitNetworkPr", "WebKitGPUProces")
             cpu0, t0 = cpu_of(names), time.time()
             drawn0 = int(app.js(f"return document.querySelector(\"{sel}\").dataset.framesDrawn;"))
-            dec0 = app.js("return [...document.querySelectorAll('[data-tile]')].length && window.__lastDecoded || 0;")
+            counts = "return await window.__TAURI__.core.invoke('tile_counts');"
+            tid = app.js(f"return document.querySelector(\"{sel}\").dataset.peerId;")
+            sent0, dropped0 = app.js(counts)[tid]
             time.sleep(args.secs)
             dt = time.time() - t0
             drawn1 = int(app.js(f"return document.querySelector(\"{sel}\").dataset.framesDrawn;"))
             cpu1 = cpu_of(names)
+            sent1, dropped1 = app.js(counts)[tid]
             sent = peer.find(lambda e: e.get("type") == "summary")
             peer.stop()
             fps = (drawn1 - drawn0) / dt
-            expected = 30 * dt
-            dropped = max(0.0, expected - (drawn1 - drawn0))
+            dropped = dropped1 - dropped0
+            forwarded = (sent1 - sent0) + dropped
+            per = {n: 100 * (cpu1.get(n, 0) - cpu0.get(n, 0)) / dt for n in names}
+            total = sum(per.values())
+            sender = peer.find(lambda e: e.get("type") == "stats")
             print(f"  {size} into a {tile[0]}x{tile[1]} tile: {fps:.1f} frames drawn/s, "
-                  f"{dropped / expected * 1000:.1f} per 1000 not drawn (of 30 fps sent), "
-                  f"app + webview CPU {100 * (cpu1 - cpu0) / dt:.0f}% of one core")
-            del sent, dec0
+                  f"{dropped} of {forwarded} decoded frames dropped before the page drew them "
+                  f"({1000 * dropped / max(1, forwarded):.1f} per 1000); "
+                  f"app + webview CPU {total:.0f}% of one core "
+                  f"({', '.join(f'{n} {v:.0f}%' for n, v in per.items() if v)})")
+            del sender
+            del sent
             app.wait_for(f"!document.querySelector(\"{sel}\")", timeout=10)
         app.screenshot("bench-frames")
     finally:

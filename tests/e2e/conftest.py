@@ -158,7 +158,7 @@ class Peer:
     def __init__(self, server, room, name, *extra):
         self.proc = subprocess.Popen(
             [str(PEER), "--server", server, "--room", room, "--name", name, "--bind", "127.0.0.1",
-             "--size", "640x360", "--quiet-stats", *extra],
+             *([] if "--size" in extra else ["--size", "640x360"]), "--quiet-stats", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.events = []
         self.lock = threading.Lock()
