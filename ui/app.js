@@ -86,10 +86,13 @@ async function join() {
   const events = new Channel();
   events.onmessage = onEvent;
   enterCall(req);
+  // Clear the chat before joining: events (a chat among them) can arrive before `join`
+  // itself returns.
+  chat.reset(null);
   try {
     const joined = await invoke('join', { req, events, frames: frameChannel() });
     state.me = joined.peer_id;
-    chat.reset(joined.peer_id);
+    chat.me = joined.peer_id;
     if (joined.share) { $('share-line').hidden = false; $('share-line').textContent = `Others join at ${joined.share}`; }
     if (joined.audio_only) toast('No camera found: you joined with sound only.');
   } catch (e) {
@@ -160,7 +163,7 @@ function fmtStats(s) {
 
 function onEvent(ev) {
   switch (ev.type) {
-    case 'joined': ev.peers.forEach(addPeer); break;
+    case 'joined': state.me = ev.peer_id; chat.me = ev.peer_id; ev.peers.forEach(addPeer); break;
     case 'peer_joined': addPeer(ev.peer); toast(`${ev.peer.name} joined`); break;
     case 'peer_left': removePeer(ev.peer_id); break;
     case 'connection': {

@@ -59,10 +59,16 @@ def display():
     proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if time.time() > deadline:
-            raise TimeoutError("Xvfb did not start")
-        time.sleep(0.05)
+    # Ready when its socket accepts connections, not merely when the file exists.
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(f"/tmp/.X11-unix/X{n}")
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise TimeoutError("Xvfb did not start")
+            time.sleep(0.05)
     os.environ["DISPLAY"] = f":{n}"
     yield f":{n}"
     proc.terminate()
@@ -111,7 +117,16 @@ class App:
         opts = ArgOptions()
         opts.set_capability("browserName", "wry")
         opts.set_capability("tauri:options", {"application": str(APP)})
-        self.driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{self.port}", options=opts)
+        # The first session after Xvfb starts can fail while the X server is still coming up
+        # (tauri-driver then drops the request); a new session a moment later works.
+        for attempt in range(3):
+            try:
+                self.driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{self.port}", options=opts)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(1)
         self.wait_for("window.confabReady === true", timeout=30)
 
     def js(self, script, *args):
