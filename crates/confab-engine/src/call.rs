@@ -351,7 +351,12 @@ struct PeerSession {
     stats: Arc<PeerMediaStats>,
     audio: Arc<Mutex<PeerAudio>>,
     last: StatsSample,
+    /// Whether "could not connect" was already reported.
+    reported_stuck: bool,
 }
+
+/// How long a new peer connection may take before the user is told it is not coming up.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
 
 #[derive(Default, Clone, Copy)]
 struct StatsSample {
@@ -553,6 +558,7 @@ impl CallTask {
             stats: Arc::new(PeerMediaStats::default()),
             audio,
             last: StatsSample::default(),
+            reported_stuck: false,
         };
         if !polite {
             session.neg.offer_sent();
@@ -654,9 +660,22 @@ impl CallTask {
             PcEvent::GatheringComplete => {
                 let _ = self.sig_tx.send(ClientMsg::Signal { to: peer, data: SignalData::Candidate(None) }).await;
             }
+            PcEvent::IceServerError { url, code, text } => {
+                let message = format!("ICE server {url} failed for {}: {code} {text}", p.info.name);
+                self.emit(CallEvent::Error { message }).await;
+            }
             PcEvent::State(state) => {
                 if state == RTCPeerConnectionState::Connected {
                     let _ = p.connected.send(true);
+                }
+                if state == RTCPeerConnectionState::Failed {
+                    let how = if self.cfg.ice_policy == IcePolicy::Relay {
+                        " through the TURN relay (check its address and credentials)"
+                    } else {
+                        ""
+                    };
+                    let message = format!("no network path to {}{how}", p.info.name);
+                    self.emit(CallEvent::Error { message }).await;
                 }
                 let state = format!("{state}").to_lowercase();
                 self.emit(CallEvent::Connection { peer_id: peer, state }).await;
@@ -682,6 +701,23 @@ impl CallTask {
 
     async fn stats(&mut self) {
         let now = Instant::now();
+        // A connection that never comes up must say so, not hang in silence.
+        let mut stuck = Vec::new();
+        for p in self.peers.values_mut() {
+            if !*p.connected.borrow() && !p.reported_stuck && now.duration_since(p.since) >= CONNECT_DEADLINE {
+                p.reported_stuck = true;
+                stuck.push(p.info.name.clone());
+            }
+        }
+        for name in stuck {
+            let how = if self.cfg.ice_policy == IcePolicy::Relay {
+                " through the TURN relay (check its address and credentials)"
+            } else {
+                ""
+            };
+            let message = format!("could not connect to {name}{how} within {} s", CONNECT_DEADLINE.as_secs());
+            self.emit(CallEvent::Error { message }).await;
+        }
         let frames_encoded = self.send.frames_encoded.load(Relaxed);
         let mut out = Vec::new();
         for (id, p) in self.peers.iter_mut() {

@@ -71,6 +71,12 @@ pub enum PcEvent {
     GatheringComplete,
     State(RTCPeerConnectionState),
     Track(Arc<dyn TrackRemote>),
+    /// A STUN or TURN server refused or failed us.
+    IceServerError {
+        url: String,
+        code: u16,
+        text: String,
+    },
 }
 
 struct Handler {
@@ -93,6 +99,10 @@ impl PeerConnectionEventHandler for Handler {
         if state == RTCIceGatheringState::Complete {
             let _ = self.tx.send((self.peer.clone(), PcEvent::GatheringComplete)).await;
         }
+    }
+    async fn on_ice_candidate_error(&self, ev: webrtc::peer_connection::RTCPeerConnectionIceErrorEvent) {
+        let e = PcEvent::IceServerError { url: ev.url, code: ev.error_code, text: ev.error_text };
+        let _ = self.tx.send((self.peer.clone(), e)).await;
     }
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.tx.send((self.peer.clone(), PcEvent::State(state))).await;

@@ -113,11 +113,15 @@ async fn a_wrong_turn_secret_means_no_media_and_a_failed_exit() {
     let _one = ONE_AT_A_TIME.lock().await;
     let turn = Turn::start("the-real-secret");
     let srv = signal_with_turn(turn.port, "not-the-secret").await;
-    let a = run_peer(&srv.ws_url(), "Ada", "5");
-    let b = run_peer(&srv.ws_url(), "Bob", "5");
+    let a = run_peer(&srv.ws_url(), "Ada", "10");
+    let b = run_peer(&srv.ws_url(), "Bob", "10");
     let (a_ok, a_lines) = tokio::task::spawn_blocking(|| a.join().unwrap()).await.unwrap();
     let (b_ok, _) = tokio::task::spawn_blocking(|| b.join().unwrap()).await.unwrap();
     assert!(!a_ok && !b_ok, "no media can flow, so neither may report success");
     let p = &summary(&a_lines)["peers"][0];
     assert_eq!(p["frames_decoded"].as_u64().unwrap_or(0), 0, "{p}");
+    // Not a silent hang: the user is told the relay is the problem.
+    let errors: Vec<&str> =
+        a_lines.iter().filter(|l| l["type"] == "error").filter_map(|l| l["message"].as_str()).collect();
+    assert!(errors.iter().any(|m| m.contains("TURN")), "a clear error about the relay: {errors:?}");
 }
