@@ -381,9 +381,10 @@ fn main() {
         std::env::set_var("WEBKIT_DISABLE_COMPOSITING_MODE", "1");
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error")
-        }))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(confab_engine::DEFAULT_LOG_FILTER)),
+        )
         .with_writer(std::io::stderr)
         .init();
     let synthetic = std::env::var("CONFAB_SYNTHETIC_DEVICES").map(|v| v == "1").unwrap_or(false);

@@ -355,6 +355,16 @@ struct PeerSession {
     reported_stuck: bool,
 }
 
+/// What to add to a connection failure when only TURN relays may be used: then the relay
+/// is the likely culprit.
+fn relay_hint(policy: IcePolicy) -> &'static str {
+    if policy == IcePolicy::Relay {
+        " through the TURN relay (check its address and credentials)"
+    } else {
+        ""
+    }
+}
+
 /// How long a new peer connection may take before the user is told it is not coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
 
@@ -669,12 +679,7 @@ impl CallTask {
                     let _ = p.connected.send(true);
                 }
                 if state == RTCPeerConnectionState::Failed {
-                    let how = if self.cfg.ice_policy == IcePolicy::Relay {
-                        " through the TURN relay (check its address and credentials)"
-                    } else {
-                        ""
-                    };
-                    let message = format!("no network path to {}{how}", p.info.name);
+                    let message = format!("no network path to {}{}", p.info.name, relay_hint(self.cfg.ice_policy));
                     self.emit(CallEvent::Error { message }).await;
                 }
                 let state = format!("{state}").to_lowercase();
@@ -710,11 +715,7 @@ impl CallTask {
             }
         }
         for name in stuck {
-            let how = if self.cfg.ice_policy == IcePolicy::Relay {
-                " through the TURN relay (check its address and credentials)"
-            } else {
-                ""
-            };
+            let how = relay_hint(self.cfg.ice_policy);
             let message = format!("could not connect to {name}{how} within {} s", CONNECT_DEADLINE.as_secs());
             self.emit(CallEvent::Error { message }).await;
         }

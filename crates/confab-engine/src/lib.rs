@@ -35,6 +35,10 @@ pub mod stamp;
 pub mod tone;
 pub mod vp8_rtp;
 
+/// Default log filter for programs built on the engine. webrtc-rs warns about harmless
+/// things (unknown DTLS extensions, early ICE checks); keep that out of a user's terminal.
+pub const DEFAULT_LOG_FILTER: &str = "warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error";
+
 pub use call::{Call, CallConfig, CallController, CallError, CallEvent, PeerStats, SELF_TILE};
 pub use media::{DecodedFrame, FrameSink, NoFrames};
 pub use rtc::IcePolicy;

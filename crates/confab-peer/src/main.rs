@@ -166,11 +166,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
-                // webrtc-rs warns about harmless things (unknown DTLS extensions, early ICE
-                // checks); keep its noise out of a user's terminal unless asked for.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error")
-                }),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(confab_engine::DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .init();

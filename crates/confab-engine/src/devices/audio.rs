@@ -59,14 +59,31 @@ struct Shared {
     ready: Condvar,
 }
 
-/// Runs `build` on a thread that keeps the stream alive until `stop`; reports whether the
-/// stream started.
+/// The thread that keeps a cpal stream alive; dropping it stops the stream and joins.
+struct StreamThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for StreamThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `build` on a thread that keeps the stream alive until the returned guard drops;
+/// reports whether the stream started.
 fn stream_thread(
     kind: &'static str,
     name: String,
-    stop: Arc<AtomicBool>,
     build: impl FnOnce() -> Result<cpal::Stream, String> + Send + 'static,
-) -> Result<thread::JoinHandle<()>, DeviceError> {
+) -> Result<StreamThread, DeviceError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_in = stop.clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let t = thread::Builder::new()
         .name(kind.into())
@@ -81,14 +98,14 @@ fn stream_thread(
                     return;
                 }
             };
-            while !stop.load(Ordering::Relaxed) {
+            while !stop_in.load(Ordering::Relaxed) {
                 thread::park_timeout(Duration::from_millis(100));
             }
             drop(stream);
         })
         .map_err(|e| DeviceError::Failed { kind, name: name.clone(), reason: e.to_string() })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(t),
+        Ok(Ok(())) => Ok(StreamThread { stop, thread: Some(t) }),
         Ok(Err(reason)) => Err(DeviceError::Busy { kind, name, reason }),
         Err(_) => Err(DeviceError::Failed { kind, name, reason: "stream thread died".into() }),
     }
@@ -108,8 +125,8 @@ fn stream_config(dev: &cpal::Device, input: bool) -> Result<(cpal::StreamConfig,
 pub struct Microphone {
     name: String,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    /// Keeps the device open; dropping it closes the device.
+    _stream: StreamThread,
 }
 
 impl Microphone {
@@ -117,9 +134,8 @@ impl Microphone {
         let dev = find("microphone", id, true)?;
         let name = dev.description().map(|d| d.name().to_string()).unwrap_or_else(|_| "microphone".into());
         let shared = Arc::new(Shared { buf: Mutex::new(VecDeque::new()), ready: Condvar::new() });
-        let stop = Arc::new(AtomicBool::new(false));
         let sh = shared.clone();
-        let thread = stream_thread("microphone", name.clone(), stop.clone(), move || {
+        let stream = stream_thread("microphone", name.clone(), move || {
             let (cfg, fmt) = stream_config(&dev, true)?;
             let ch = cfg.channels as usize;
             let push = move |mono: &mut dyn Iterator<Item = i16>| {
@@ -149,7 +165,7 @@ impl Microphone {
             }
             .map_err(|e| e.to_string())
         })?;
-        Ok(Microphone { name, shared, stop, thread: Some(thread) })
+        Ok(Microphone { name, shared, _stream: stream })
     }
 }
 
@@ -179,21 +195,11 @@ impl AudioSource for Microphone {
     }
 }
 
-impl Drop for Microphone {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
 pub struct Speaker {
     name: String,
     shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    /// Keeps the device open; dropping it closes the device.
+    _stream: StreamThread,
 }
 
 /// Playback queue depth the engine keeps ahead of the sound card.
@@ -204,9 +210,8 @@ impl Speaker {
         let dev = find("speaker", id, false)?;
         let name = dev.description().map(|d| d.name().to_string()).unwrap_or_else(|_| "speaker".into());
         let shared = Arc::new(Shared { buf: Mutex::new(VecDeque::new()), ready: Condvar::new() });
-        let stop = Arc::new(AtomicBool::new(false));
         let sh = shared.clone();
-        let thread = stream_thread("speaker", name.clone(), stop.clone(), move || {
+        let stream = stream_thread("speaker", name.clone(), move || {
             let (cfg, fmt) = stream_config(&dev, false)?;
             let ch = cfg.channels as usize;
             let pull = move |n: usize| -> Vec<i16> {
@@ -244,7 +249,7 @@ impl Speaker {
             }
             .map_err(|e| e.to_string())
         })?;
-        Ok(Speaker { name, shared, stop, thread: Some(thread) })
+        Ok(Speaker { name, shared, _stream: stream })
     }
 }
 
@@ -266,15 +271,5 @@ impl AudioSink for Speaker {
         }
         b.extend(pcm.iter().copied());
         Ok(())
-    }
-}
-
-impl Drop for Speaker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
     }
 }
