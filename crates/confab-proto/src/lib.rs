@@ -46,6 +46,8 @@ pub mod limits {
     pub const MAX_ICE_FIELD_BYTES: usize = 256;
     /// Peer ids as they appear in `to` (bytes). Real ids are 22 characters.
     pub const MAX_PEER_ID_BYTES: usize = 64;
+    /// Resume tokens (bytes). Real ones are 22 characters.
+    pub const MAX_TOKEN_BYTES: usize = 64;
 }
 
 /// A server-assigned peer id: 128 random bits, base64url without padding (22 characters).
@@ -84,6 +86,12 @@ pub enum ClientMsg {
         /// Set by the first joiner; everyone after must give the same one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<String>,
+        /// Coming back after a lost connection: take up the place this peer had. Within the
+        /// server's grace period the place is kept (messages sent meanwhile included) and the
+        /// room never hears that the peer was gone; after a server restart the room is rebuilt
+        /// with the same ids, so calls in flight keep their peer connections.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// Relay `data` to one peer of the sender's room.
     Signal { to: PeerId, data: SignalData },
@@ -110,6 +118,14 @@ pub enum ServerMsg {
         /// The protocol version the server speaks ([`PROTOCOL_VERSION`]).
         #[serde(default = "default_version")]
         version: u32,
+        /// Secret for a later `join` with `resume` after the connection breaks.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        resume_token: String,
+        /// True when a `resume` found the place still held: nobody saw you leave, and the
+        /// messages sent to you meanwhile follow this one. False for a fresh place (also
+        /// when the server had restarted and no longer knew you).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     },
     /// You left `room` (the answer to `leave`).
     Left { room: String },
@@ -130,6 +146,13 @@ pub enum ServerMsg {
 
 fn default_version() -> u32 {
     PROTOCOL_VERSION
+}
+
+/// The place a reconnecting client asks for: its old id and the token `joined` gave with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub peer_id: PeerId,
+    pub token: String,
 }
 
 /// What the room knows about a peer.

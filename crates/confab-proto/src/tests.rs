@@ -14,11 +14,25 @@ fn client_messages_match_the_documented_json() {
     let cases = [
         (
             json!({"type":"join","room":"standup","name":"Ada","password":null}),
-            ClientMsg::Join { room: "standup".into(), name: "Ada".into(), password: None },
+            ClientMsg::Join { room: "standup".into(), name: "Ada".into(), password: None, resume: None },
         ),
         (
             json!({"type":"join","room":"standup","name":"Ada","password":"s3cret"}),
-            ClientMsg::Join { room: "standup".into(), name: "Ada".into(), password: Some("s3cret".into()) },
+            ClientMsg::Join {
+                room: "standup".into(),
+                name: "Ada".into(),
+                password: Some("s3cret".into()),
+                resume: None,
+            },
+        ),
+        (
+            json!({"type":"join","room":"standup","name":"Ada","resume":{"peer_id":"p-1_x","token":"t0K"}}),
+            ClientMsg::Join {
+                room: "standup".into(),
+                name: "Ada".into(),
+                password: None,
+                resume: Some(Resume { peer_id: "p-1_x".into(), token: "t0K".into() }),
+            },
         ),
         (
             json!({"type":"signal","to":"p1","data":{"sdp":{"type":"offer","sdp":"v=0\r\n"}}}),
@@ -88,6 +102,8 @@ fn server_messages_round_trip() {
                 credential: Some("x".into()),
             }],
             version: PROTOCOL_VERSION,
+            resume_token: "tok".into(),
+            resumed: true,
         },
         ServerMsg::Left { room: "r".into() },
         ServerMsg::PeerJoined {
@@ -171,6 +187,15 @@ fn limits_are_enforced() {
     assert_eq!(code_of(&frame), ErrorCode::TooLarge);
     let pw = json!({"type":"join","room":"r","name":"n","password":""}).to_string();
     assert_eq!(code_of(pw.as_bytes()), ErrorCode::BadRequest);
+    let resume = |id: &str, token: &str| {
+        json!({"type":"join","room":"r","name":"n","resume":{"peer_id":id,"token":token}}).to_string()
+    };
+    assert!(decode(resume("AbC-_9", &long(limits::MAX_TOKEN_BYTES)).as_bytes()).is_ok());
+    for (id, token) in [("", "t"), ("p", ""), ("a b", "t"), ("p", "\"\n"), ("p\u{0}", "t")] {
+        assert_eq!(code_of(resume(id, token).as_bytes()), ErrorCode::BadRequest, "{id:?} {token:?}");
+    }
+    assert_eq!(code_of(resume(&long(limits::MAX_PEER_ID_BYTES + 1), "t").as_bytes()), ErrorCode::BadRequest);
+    assert_eq!(code_of(resume("p", &long(limits::MAX_TOKEN_BYTES + 1)).as_bytes()), ErrorCode::BadRequest);
 }
 
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {

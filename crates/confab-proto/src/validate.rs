@@ -7,8 +7,19 @@ use crate::{ClientMsg, ErrorCode, ProtoError, SignalData};
 /// Checks every field of a decoded client message against [`crate::limits`].
 pub fn validate(msg: &ClientMsg) -> Result<(), ProtoError> {
     match msg {
-        ClientMsg::Join { room, name, password } => {
+        ClientMsg::Join { room, name, password, resume } => {
             text("room", room, MAX_ROOM_NAME_CHARS)?;
+            if let Some(r) = resume {
+                // A resumed id is echoed to the whole room, so it must look like one we made.
+                let id_ok = |s: &str, max: usize| {
+                    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                if !id_ok(r.peer_id.as_str(), MAX_PEER_ID_BYTES) || !id_ok(&r.token, MAX_TOKEN_BYTES) {
+                    return Err(bad(format!(
+                        "resume needs the peer_id and token from `joined` (1 to {MAX_PEER_ID_BYTES} characters of A-Z a-z 0-9 - _)"
+                    )));
+                }
+            }
             text("name", name, MAX_DISPLAY_NAME_CHARS)?;
             if let Some(p) = password {
                 if p.is_empty() {

@@ -38,6 +38,10 @@ struct Cli {
     /// Seconds of silence after which a client is dropped.
     #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = 20.0)]
     idle_timeout: f64,
+    /// Seconds the place of a client whose connection broke is kept for it to resume
+    /// (0: remove at once). Peers that really left are gone from their rooms after this.
+    #[arg(long, env = "CONFAB_RESUME_GRACE", default_value_t = 8.0)]
+    resume_grace: f64,
     /// Frames queued for one client before it is cut off as not reading.
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
@@ -148,6 +152,7 @@ fn main() -> Result<()> {
         ping_interval: seconds("ping-interval", cli.ping_interval)?,
         idle_timeout: seconds("idle-timeout", cli.idle_timeout)?,
         outbound_queue: cli.outbound_queue.max(1),
+        resume_grace: if cli.resume_grace == 0.0 { Duration::ZERO } else { seconds("resume-grace", cli.resume_grace)? },
         tls: identity.as_ref().map(|i| i.config.clone()),
         ice: IceConfig { stun: cli.stun, turn: cli.turn, turn_secret: cli.turn_secret, turn_ttl_s: cli.turn_ttl },
         ..Config::default()

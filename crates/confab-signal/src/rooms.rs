@@ -6,13 +6,13 @@
 //! use confab_signal::rooms::{ConnId, Rooms, RoomsConfig};
 //! use confab_proto::{ClientMsg, ServerMsg};
 //! let mut rooms = Rooms::new(RoomsConfig::default());
-//! let out = rooms.handle(ConnId(1), ClientMsg::Join { room: "r".into(), name: "Ada".into(), password: None }, 0);
+//! let out = rooms.handle(ConnId(1), ClientMsg::Join { room: "r".into(), name: "Ada".into(), password: None, resume: None }, 0);
 //! assert!(matches!(out[0].msg, ServerMsg::Joined { .. }));
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use confab_proto::{ClientMsg, ErrorCode, PeerId, PeerInfo, ProtoError, ServerMsg};
+use confab_proto::{ClientMsg, ErrorCode, PeerId, PeerInfo, ProtoError, Resume, ServerMsg};
 
 use crate::turn::IceConfig;
 
@@ -41,25 +41,61 @@ pub struct RoomsConfig {
     pub ice: IceConfig,
     /// Makes the id of a newly joined peer. Random in production, a counter in tests.
     pub new_peer_id: Box<dyn FnMut() -> PeerId + Send>,
+    /// How long the place of a peer whose connection broke (no close frame, no `leave`) is
+    /// held for a `resume`. Zero removes it at once.
+    pub resume_grace_ms: u64,
 }
+
+/// A place held for an away peer stops queueing beyond this many messages and is given up
+/// at the next [`Rooms::expire`]: a resume could no longer replay everything it missed.
+pub const MAX_PENDING: usize = 256;
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { max_peers: 4, ice: IceConfig::default(), new_peer_id: Box::new(random_peer_id) }
+        RoomsConfig {
+            max_peers: 4,
+            ice: IceConfig::default(),
+            new_peer_id: Box::new(random_peer_id),
+            resume_grace_ms: 8_000,
+        }
     }
 }
 
 /// 128 random bits, base64url (22 characters): unguessable, so holding another peer's id
 /// grants nothing, and it is never chosen by a client.
 pub fn random_peer_id() -> PeerId {
+    PeerId(random_token())
+}
+
+/// 128 random bits, base64url (22 characters).
+fn random_token() -> String {
     use base64::Engine;
     let bytes: [u8; 16] = rand::random();
-    PeerId(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 struct Member {
-    conn: ConnId,
+    /// `None` while the peer is away: its connection broke and its place is held.
+    conn: Option<ConnId>,
     info: PeerInfo,
+    /// Proves a `resume` comes from whoever held this place.
+    token: String,
+    /// While away: when the place is given up (same clock as `now_ms`).
+    away_until_ms: u64,
+    /// While away: what the room sent, replayed in order on resume.
+    pending: VecDeque<ServerMsg>,
+}
+
+impl Member {
+    /// Sends to this member: the connection if attached, the replay queue if away.
+    fn reach(&mut self, msg: &ServerMsg, to: &mut Vec<ConnId>) {
+        match self.conn {
+            Some(c) => to.push(c),
+            None if self.pending.len() < MAX_PENDING => self.pending.push_back(msg.clone()),
+            // Overflow: the replay would have a hole, so give the place up at the next expiry.
+            None => self.away_until_ms = 0,
+        }
+    }
 }
 
 struct Room {
@@ -70,14 +106,24 @@ struct Room {
 }
 
 impl Room {
-    fn others(&self, except: ConnId) -> Vec<ConnId> {
-        self.members.iter().map(|m| m.conn).filter(|c| *c != except).collect()
-    }
-    fn everyone(&self) -> Vec<ConnId> {
-        self.members.iter().map(|m| m.conn).collect()
+    /// `msg` to every member except `except` (attached ones get an [`Outbound`], away ones a
+    /// queued copy).
+    fn fanout(&mut self, except: Option<&PeerId>, msg: ServerMsg) -> Vec<Outbound> {
+        let mut to = Vec::with_capacity(self.members.len());
+        for m in self.members.iter_mut().filter(|m| Some(&m.info.peer_id) != except) {
+            m.reach(&msg, &mut to);
+        }
+        if to.is_empty() {
+            Vec::new()
+        } else {
+            vec![Outbound { to, msg }]
+        }
     }
     fn member(&self, conn: ConnId) -> Option<&Member> {
-        self.members.iter().find(|m| m.conn == conn)
+        self.members.iter().find(|m| m.conn == Some(conn))
+    }
+    fn member_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.conn == Some(conn))
     }
 }
 
@@ -85,9 +131,9 @@ impl Room {
 pub struct Rooms {
     cfg: RoomsConfig,
     rooms: HashMap<String, Room>,
-    /// Which room each joined connection is in. A connection is in at most one room, and is
-    /// in this map exactly when it is in that room's members: the invariant that rules out
-    /// ghost peers.
+    /// Which room each attached connection is in. A connection is in at most one room, and is
+    /// in this map exactly when it is the `conn` of a member of that room: the invariant that
+    /// rules out ghost peers. Away members have no connection and are not here.
     joined: HashMap<ConnId, String>,
 }
 
@@ -101,9 +147,9 @@ impl Rooms {
         self.rooms.len()
     }
 
-    /// Number of peers in all rooms.
+    /// Number of peers in all rooms, away ones included.
     pub fn peer_count(&self) -> usize {
-        self.joined.len()
+        self.rooms.values().map(|r| r.members.len()).sum()
     }
 
     /// The room a connection is in, if any.
@@ -112,35 +158,29 @@ impl Rooms {
     }
 
     /// Applies one message from `conn`. `now_ms` is wall-clock time in milliseconds since
-    /// the Unix epoch (chat timestamps, TURN credential expiry).
+    /// the Unix epoch (chat timestamps, TURN credential expiry, grace periods).
     pub fn handle(&mut self, conn: ConnId, msg: ClientMsg, now_ms: u64) -> Vec<Outbound> {
         let result = match msg {
-            ClientMsg::Join { room, name, password } => self.join(conn, room, name, password, now_ms),
+            ClientMsg::Join { room, name, password, resume } => self.join(conn, room, name, password, resume, now_ms),
             ClientMsg::Signal { to, data } => self.in_room(conn, |room, me| {
-                let target =
-                    room.members.iter().find(|m| m.info.peer_id == to && m.conn != conn).ok_or_else(|| {
-                        ProtoError::new(ErrorCode::UnknownPeer, format!("no peer '{to}' in your room"))
-                    })?;
-                Ok(vec![Outbound::one(target.conn, ServerMsg::Signal { from: me.info.peer_id.clone(), data })])
+                let from = me.clone();
+                let target = room.members.iter_mut().find(|m| m.info.peer_id == to && m.info.peer_id != from).ok_or_else(
+                    || ProtoError::new(ErrorCode::UnknownPeer, format!("no peer '{to}' in your room")),
+                )?;
+                let mut dest = Vec::with_capacity(1);
+                let msg = ServerMsg::Signal { from, data };
+                target.reach(&msg, &mut dest);
+                Ok(if dest.is_empty() { Vec::new() } else { vec![Outbound { to: dest, msg }] })
             }),
-            ClientMsg::State { muted, camera } => {
-                let room_name = self.joined.get(&conn).cloned();
-                match room_name.and_then(|r| self.rooms.get_mut(&r)) {
-                    None => Err(not_in_room()),
-                    Some(room) => {
-                        let others = room.others(conn);
-                        let me = room.members.iter_mut().find(|m| m.conn == conn).expect("joined implies member");
-                        me.info.muted = muted;
-                        me.info.camera = camera;
-                        let msg = ServerMsg::State { from: me.info.peer_id.clone(), muted, camera };
-                        Ok(vec![Outbound { to: others, msg }])
-                    }
-                }
-            }
+            ClientMsg::State { muted, camera } => self.in_room(conn, |room, me| {
+                let m = room.member_mut(conn).expect("joined implies member");
+                m.info.muted = muted;
+                m.info.camera = camera;
+                Ok(room.fanout(Some(&me), ServerMsg::State { from: me.clone(), muted, camera }))
+            }),
             ClientMsg::Chat { text } => self.in_room(conn, |room, me| {
-                let msg =
-                    ServerMsg::Chat { from: me.info.peer_id.clone(), name: me.info.name.clone(), text, ts: now_ms };
-                Ok(vec![Outbound { to: room.everyone(), msg }])
+                let name = room.member(conn).expect("joined implies member").info.name.clone();
+                Ok(room.fanout(None, ServerMsg::Chat { from: me, name, text, ts: now_ms }))
             }),
             ClientMsg::Leave => match self.remove(conn) {
                 Some((room, mut out)) => {
@@ -153,18 +193,47 @@ impl Rooms {
         result.unwrap_or_else(|e| vec![Outbound::one(conn, e.to_msg())])
     }
 
-    /// The connection is gone (closed, timed out or cut off): take it out of its room.
+    /// The client closed its connection (or must be cut off): take it out of its room now.
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Outbound> {
         self.remove(conn).map(|(_, out)| out).unwrap_or_default()
     }
 
+    /// The connection broke without a goodbye (reset, silence, end of stream): hold the
+    /// peer's place for `resume_grace_ms` so that it can come back as if nothing happened.
+    /// The room hears nothing now; [`Rooms::expire`] tells it if the peer does not return.
+    pub fn connection_lost(&mut self, conn: ConnId, now_ms: u64) -> Vec<Outbound> {
+        if self.cfg.resume_grace_ms == 0 {
+            return self.disconnect(conn);
+        }
+        let Some(room_name) = self.joined.remove(&conn) else { return Vec::new() };
+        let room = self.rooms.get_mut(&room_name).expect("joined implies room");
+        let m = room.member_mut(conn).expect("joined implies member");
+        m.conn = None;
+        m.away_until_ms = now_ms + self.cfg.resume_grace_ms;
+        Vec::new()
+    }
+
+    /// Gives up the places of away peers whose grace ran out, telling their rooms.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.rooms.retain(|_, room| {
+            while let Some(pos) = room.members.iter().position(|m| m.conn.is_none() && m.away_until_ms <= now_ms) {
+                let gone = room.members.remove(pos);
+                out.extend(room.fanout(None, ServerMsg::PeerLeft { peer_id: gone.info.peer_id }));
+            }
+            !room.members.is_empty()
+        });
+        out
+    }
+
+    /// The members of `conn`'s room and `conn`'s own peer id.
     fn in_room(
-        &self,
+        &mut self,
         conn: ConnId,
-        f: impl FnOnce(&Room, &Member) -> Result<Vec<Outbound>, ProtoError>,
+        f: impl FnOnce(&mut Room, PeerId) -> Result<Vec<Outbound>, ProtoError>,
     ) -> Result<Vec<Outbound>, ProtoError> {
-        let room = self.joined.get(&conn).and_then(|r| self.rooms.get(r)).ok_or_else(not_in_room)?;
-        let me = room.member(conn).expect("joined implies member");
+        let room = self.joined.get(&conn).and_then(|r| self.rooms.get_mut(r)).ok_or_else(not_in_room)?;
+        let me = room.member(conn).expect("joined implies member").info.peer_id.clone();
         f(room, me)
     }
 
@@ -174,6 +243,7 @@ impl Rooms {
         room_name: String,
         name: String,
         password: Option<String>,
+        resume: Option<Resume>,
         now_ms: u64,
     ) -> Result<Vec<Outbound>, ProtoError> {
         if let Some(current) = self.joined.get(&conn) {
@@ -181,6 +251,11 @@ impl Rooms {
                 ErrorCode::AlreadyJoined,
                 format!("you are already in room '{current}'; send leave first"),
             ));
+        }
+        if let Some(r) = &resume {
+            if let Some(out) = self.resume(conn, &room_name, r, now_ms)? {
+                return Ok(out);
+            }
         }
         let max = self.cfg.max_peers;
         if let Some(room) = self.rooms.get(&room_name) {
@@ -216,12 +291,32 @@ impl Rooms {
                 ));
             }
         }
-        let peer_id = (self.cfg.new_peer_id)();
+        // A resume the room cannot honour (the server restarted, or the grace ran out) keeps
+        // the old id: peers that still hold a call with it then carry on. `resume` found no
+        // member with this id in the room, so it cannot collide.
+        let taken = |id: &PeerId| self.rooms.get(&room_name).is_some_and(|r| r.members.iter().any(|m| &m.info.peer_id == id));
+        let peer_id = match resume {
+            Some(r) => r.peer_id,
+            // A claimed id may be anything, so a new one must be checked against them too.
+            None => loop {
+                let id = (self.cfg.new_peer_id)();
+                if !taken(&id) {
+                    break id;
+                }
+            },
+        };
         let info = PeerInfo { peer_id: peer_id.clone(), name, muted: false, camera: true };
+        let token = random_token();
         let room = self.rooms.entry(room_name.clone()).or_insert_with(|| Room { password, members: Vec::new() });
         let peers: Vec<PeerInfo> = room.members.iter().map(|m| m.info.clone()).collect();
-        let others = room.everyone();
-        room.members.push(Member { conn, info: info.clone() });
+        let mut out = room.fanout(None, ServerMsg::PeerJoined { peer: info.clone() });
+        room.members.push(Member {
+            conn: Some(conn),
+            info,
+            token: token.clone(),
+            away_until_ms: 0,
+            pending: VecDeque::new(),
+        });
         self.joined.insert(conn, room_name.clone());
 
         let joined = ServerMsg::Joined {
@@ -231,12 +326,52 @@ impl Rooms {
             peers,
             ice_servers: self.cfg.ice.servers_for(&peer_id, now_ms / 1000),
             version: confab_proto::PROTOCOL_VERSION,
+            resume_token: token,
+            resumed: false,
+        };
+        out.insert(0, Outbound::one(conn, joined));
+        Ok(out)
+    }
+
+    /// Re-attaches `conn` to the place `r` names if the room still holds it: `Ok(None)` when
+    /// it does not (the caller makes a fresh place), an error when the token is wrong.
+    fn resume(
+        &mut self,
+        conn: ConnId,
+        room_name: &str,
+        r: &Resume,
+        now_ms: u64,
+    ) -> Result<Option<Vec<Outbound>>, ProtoError> {
+        let Some(room) = self.rooms.get_mut(room_name) else { return Ok(None) };
+        let Some(m) = room.members.iter_mut().find(|m| m.info.peer_id == r.peer_id) else { return Ok(None) };
+        if !constant_time_eq(m.token.as_bytes(), r.token.as_bytes()) {
+            return Err(ProtoError::new(
+                ErrorCode::Unauthorized,
+                format!("cannot resume as '{}' in room '{room_name}': wrong token", r.peer_id),
+            ));
+        }
+        // The old connection may not have been noticed dead yet (a half-open TCP): the
+        // newer one wins, and the old one is left in no room.
+        if let Some(old) = m.conn.replace(conn) {
+            self.joined.remove(&old);
+        }
+        let pending = std::mem::take(&mut m.pending);
+        let token = m.token.clone();
+        let peers = room.members.iter().filter(|o| o.info.peer_id != r.peer_id).map(|o| o.info.clone()).collect();
+        self.joined.insert(conn, room_name.to_owned());
+        let joined = ServerMsg::Joined {
+            peer_id: r.peer_id.clone(),
+            room: room_name.to_owned(),
+            max_peers: self.cfg.max_peers as u32,
+            peers,
+            ice_servers: self.cfg.ice.servers_for(&r.peer_id, now_ms / 1000),
+            version: confab_proto::PROTOCOL_VERSION,
+            resume_token: token,
+            resumed: true,
         };
         let mut out = vec![Outbound::one(conn, joined)];
-        if !others.is_empty() {
-            out.push(Outbound { to: others, msg: ServerMsg::PeerJoined { peer: info } });
-        }
-        Ok(out)
+        out.extend(pending.into_iter().map(|msg| Outbound::one(conn, msg)));
+        Ok(Some(out))
     }
 
     /// Removes `conn` from its room, freeing the room when it empties. Returns the room's
@@ -244,13 +379,11 @@ impl Rooms {
     fn remove(&mut self, conn: ConnId) -> Option<(String, Vec<Outbound>)> {
         let room_name = self.joined.remove(&conn)?;
         let room = self.rooms.get_mut(&room_name).expect("joined implies room");
-        let pos = room.members.iter().position(|m| m.conn == conn).expect("joined implies member");
+        let pos = room.members.iter().position(|m| m.conn == Some(conn)).expect("joined implies member");
         let gone = room.members.remove(pos);
-        let mut out = Vec::new();
+        let out = room.fanout(None, ServerMsg::PeerLeft { peer_id: gone.info.peer_id });
         if room.members.is_empty() {
             self.rooms.remove(&room_name);
-        } else {
-            out.push(Outbound { to: room.everyone(), msg: ServerMsg::PeerLeft { peer_id: gone.info.peer_id } });
         }
         Some((room_name, out))
     }

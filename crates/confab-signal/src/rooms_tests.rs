@@ -14,15 +14,16 @@ fn rooms(max_peers: usize) -> Rooms {
             n += 1;
             PeerId(format!("p{n}"))
         }),
+        resume_grace_ms: GRACE,
     })
 }
 
 fn join(room: &str, name: &str) -> ClientMsg {
-    ClientMsg::Join { room: room.into(), name: name.into(), password: None }
+    ClientMsg::Join { room: room.into(), name: name.into(), password: None, resume: None }
 }
 
 fn join_pw(room: &str, pw: &str) -> ClientMsg {
-    ClientMsg::Join { room: room.into(), name: "n".into(), password: Some(pw.into()) }
+    ClientMsg::Join { room: room.into(), name: "n".into(), password: Some(pw.into()), resume: None }
 }
 
 fn signal(to: &str) -> ClientMsg {
@@ -39,6 +40,25 @@ fn err_code(out: &[Outbound]) -> Option<ErrorCode> {
 fn joined_id(out: &[Outbound]) -> PeerId {
     match &out[0].msg {
         ServerMsg::Joined { peer_id, .. } => peer_id.clone(),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+const GRACE: u64 = 8_000;
+
+fn resume(room: &str, id: &str, token: &str) -> ClientMsg {
+    ClientMsg::Join {
+        room: room.into(),
+        name: "again".into(),
+        password: None,
+        resume: Some(Resume { peer_id: id.into(), token: token.into() }),
+    }
+}
+
+/// The id, token and `resumed` flag of a `joined`.
+fn joined_full(out: &[Outbound]) -> (PeerId, String, bool) {
+    match &out[0].msg {
+        ServerMsg::Joined { peer_id, resume_token, resumed, .. } => (peer_id.clone(), resume_token.clone(), *resumed),
         other => panic!("expected joined, got {other:?}"),
     }
 }
@@ -73,7 +93,8 @@ fn first_join_creates_the_room() {
     let out = r.handle(A, join("standup", "Ada"), 0);
     assert_eq!(out.len(), 1, "nobody else to tell");
     match &out[0].msg {
-        ServerMsg::Joined { peer_id, room, max_peers, peers, ice_servers, version } => {
+        ServerMsg::Joined { peer_id, room, max_peers, peers, ice_servers, version, resumed, .. } => {
+            assert!(!resumed);
             assert_eq!(peer_id.as_str(), "p1");
             assert_eq!(room, "standup");
             assert_eq!(*max_peers, 4);
@@ -277,6 +298,7 @@ fn turn_credentials_per_peer_in_joined() {
             turn_ttl_s: 600,
         },
         new_peer_id: Box::new(|| PeerId("me".into())),
+        resume_grace_ms: GRACE,
     });
     let out = r.handle(A, join("r", "Ada"), 1_000_000);
     match &out[0].msg {
@@ -297,6 +319,123 @@ fn random_ids_are_unguessable_shape() {
         .all(|id| id.len() == 22 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')));
 }
 
+// --- Broken connections: places held for a resume ---
+
+#[test]
+fn a_lost_connection_is_held_silently_and_resumed_with_what_it_missed() {
+    let mut r = rooms(4);
+    let (pa, ta, resumed) = joined_full(&r.handle(A, join("r", "Ada"), 0));
+    assert!(!resumed && !ta.is_empty());
+    r.handle(B, join("r", "Bob"), 0);
+    assert!(r.connection_lost(A, 1_000).is_empty(), "the room hears nothing yet");
+    assert_eq!(r.room_of(A), None);
+    assert_eq!(r.peer_count(), 2, "the place is held");
+    // What the room sends meanwhile is kept for Ada, in order; Bob's signals to her succeed.
+    assert!(r.handle(B, signal(pa.as_str()), 1_100).is_empty());
+    let chat = r.handle(B, ClientMsg::Chat { text: "hello?".into() }, 1_200);
+    assert_eq!(chat[0].to, vec![B], "only attached members get it now");
+    assert!(r.expire(1_000 + GRACE - 1).is_empty(), "still inside the grace period");
+    let out = r.handle(C, resume("r", pa.as_str(), &ta), 2_000);
+    let (id, token, resumed) = joined_full(&out);
+    assert_eq!((id, token.as_str(), resumed), (pa.clone(), ta.as_str(), true));
+    match &out[0].msg {
+        ServerMsg::Joined { peers, .. } => assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Bob"]),
+        _ => unreachable!(),
+    }
+    assert!(matches!(&out[1], Outbound { to, msg: ServerMsg::Signal { from, .. } } if to == &vec![C] && from == &"p2".into()));
+    assert!(matches!(&out[2].msg, ServerMsg::Chat { text, .. } if text == "hello?"));
+    assert_eq!(out.len(), 3, "Bob is not told anything: he never saw Ada go");
+    assert_eq!(r.room_of(C), Some("r"));
+    // Back to normal: her state reaches Bob from the new connection.
+    let st = r.handle(C, ClientMsg::State { muted: true, camera: true }, 2_100);
+    assert_eq!(st[0].to, vec![B]);
+}
+
+#[test]
+fn an_unclaimed_place_expires_and_the_room_hears_peer_left() {
+    let mut r = rooms(4);
+    r.handle(A, join("r", "Ada"), 0);
+    let pb = joined_id(&r.handle(B, join("r", "Bob"), 0));
+    r.connection_lost(B, 100);
+    assert!(r.expire(100 + GRACE - 1).is_empty());
+    assert_eq!(r.expire(100 + GRACE), vec![Outbound { to: vec![A], msg: ServerMsg::PeerLeft { peer_id: pb } }]);
+    assert_eq!(r.peer_count(), 1);
+    // The last peer going away frees the room once its grace runs out.
+    r.connection_lost(A, 200);
+    assert_eq!(r.room_count(), 1);
+    assert!(r.expire(200 + GRACE).is_empty());
+    assert_eq!(r.room_count(), 0);
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_changes_nothing() {
+    let mut r = rooms(4);
+    let (pa, _, _) = joined_full(&r.handle(A, join("r", "Ada"), 0));
+    r.connection_lost(A, 0);
+    assert_eq!(err_code(&r.handle(B, resume("r", pa.as_str(), "guess"), 1)), Some(ErrorCode::Unauthorized));
+    assert_eq!(r.room_of(B), None);
+    // A live place cannot be taken over without its token either.
+    let (pc, _, _) = joined_full(&r.handle(C, join("r", "Cy"), 1));
+    assert_eq!(err_code(&r.handle(D, resume("r", pc.as_str(), "guess"), 2)), Some(ErrorCode::Unauthorized));
+    assert_eq!(r.room_of(C), Some("r"));
+}
+
+#[test]
+fn resume_while_the_old_connection_looks_alive_moves_the_place() {
+    // A half-open TCP: the client gave up on its socket before the server noticed.
+    let mut r = rooms(4);
+    let (pa, ta, _) = joined_full(&r.handle(A, join("r", "Ada"), 0));
+    r.handle(B, join("r", "Bob"), 0);
+    let (id, _, resumed) = joined_full(&r.handle(C, resume("r", pa.as_str(), &ta), 5));
+    assert!(resumed && id == pa);
+    assert_eq!((r.room_of(A), r.room_of(C)), (None, Some("r")));
+    assert!(r.disconnect(A).is_empty(), "the stale connection's end no longer affects the room");
+    assert_eq!(r.peer_count(), 2);
+}
+
+#[test]
+fn after_a_server_restart_a_resume_rebuilds_the_room_with_the_same_ids() {
+    // A fresh server knows no token: the claimed id is granted because the room has no such
+    // member, and the others see it join like anyone else.
+    let mut r = rooms(4);
+    let (id, token, resumed) = joined_full(&r.handle(A, resume("r", "old-ada", "old-token"), 0));
+    assert_eq!((id.as_str(), resumed), ("old-ada", false));
+    assert_ne!(token, "old-token", "a fresh place gets a fresh token");
+    let out = r.handle(B, resume("r", "old-bob", "t"), 1);
+    assert_eq!(joined_full(&out).0, PeerId::from("old-bob"));
+    assert!(matches!(&out[1].msg, ServerMsg::PeerJoined { peer } if peer.peer_id.as_str() == "old-bob"));
+    // The usual rules still apply to a fresh place.
+    r.handle(C, ClientMsg::Leave, 2);
+    let mut locked = rooms(4);
+    locked.handle(A, join_pw("x", "pw"), 0);
+    assert_eq!(err_code(&locked.handle(B, resume("x", "old", "t"), 0)), Some(ErrorCode::Unauthorized));
+}
+
+#[test]
+fn an_away_peer_that_misses_too_much_loses_its_place() {
+    let mut r = rooms(4);
+    let (pa, ta, _) = joined_full(&r.handle(A, join("r", "Ada"), 0));
+    r.handle(B, join("r", "Bob"), 0);
+    r.connection_lost(A, 0);
+    for i in 0..=MAX_PENDING {
+        r.handle(B, ClientMsg::Chat { text: format!("{i}") }, 1);
+    }
+    assert_eq!(r.expire(2), vec![Outbound { to: vec![B], msg: ServerMsg::PeerLeft { peer_id: pa.clone() } }]);
+    // Coming back now is a fresh place with the same id, and Bob sees it join.
+    let out = r.handle(C, resume("r", pa.as_str(), &ta), 3);
+    assert!(!joined_full(&out).2);
+    assert!(matches!(&out[1].msg, ServerMsg::PeerJoined { .. }));
+}
+
+#[test]
+fn zero_grace_removes_at_once() {
+    let mut r = rooms(4);
+    r.cfg.resume_grace_ms = 0;
+    r.handle(A, join("r", "Ada"), 0);
+    r.handle(B, join("r", "Bob"), 0);
+    assert!(matches!(&r.connection_lost(B, 0)[..], [Outbound { msg: ServerMsg::PeerLeft { .. }, .. }]));
+}
+
 /// Random sequences of every message and disconnects over a few connections and rooms. After
 /// every step: each joined connection is a member of exactly its room, no room is empty, no
 /// room is over capacity, and every outbound message goes only to members of the right room.
@@ -304,11 +443,13 @@ fn random_ids_are_unguessable_shape() {
 fn random_sequences_keep_the_invariants() {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    let step = (0u64..5, 0u8..7, 0u8..3, 0u8..6);
+    let step = (0u64..6, 0u8..10, 0u8..3, 0u8..6);
     let mut runner = TestRunner::new(Config { cases: 500, ..Config::default() });
     runner
         .run(&prop::collection::vec(step, 1..60), |steps| {
             let mut r = rooms(3);
+            let mut now = 0;
+            let mut tokens = std::collections::HashMap::<String, String>::new();
             for (conn, kind, room, target) in steps {
                 let conn = ConnId(conn);
                 let room = ["a", "b", "c"][room as usize].to_string();
@@ -319,28 +460,50 @@ fn random_sequences_keep_the_invariants() {
                     3 => Some(ClientMsg::Chat { text: "t".into() }),
                     4 => Some(ClientMsg::Leave),
                     5 => Some(join_pw(&room, "pw")),
+                    // Resume with a right token (tokens are what the proptest saw), a made-up id,
+                    // or a wrong token.
+                    6 => Some(match tokens.get(&format!("p{target}")) {
+                        Some(t) if target % 2 == 0 => resume(&room, &format!("p{target}"), t),
+                        _ => resume(&room, &format!("p{target}"), "wrong"),
+                    }),
                     _ => None,
                 };
-                let out = match msg {
-                    Some(m) => r.handle(conn, m, 0),
-                    None => r.disconnect(conn),
+                now += 1_000;
+                let out = match (msg, kind) {
+                    (Some(m), _) => r.handle(conn, m, now),
+                    (None, 7) => r.connection_lost(conn, now),
+                    (None, 8) => r.expire(now),
+                    (None, _) => r.disconnect(conn),
                 };
+                for o in &out {
+                    if let ServerMsg::Joined { peer_id, resume_token, .. } = &o.msg {
+                        tokens.insert(peer_id.to_string(), resume_token.clone());
+                    }
+                }
                 // Everything sent goes to connections that exist in a room, or to the sender.
                 for o in &out {
                     for to in &o.to {
                         prop_assert!(*to == conn || r.room_of(*to).is_some());
                     }
                 }
-                let mut members = 0;
+                let mut attached = 0;
                 for (name, room) in &r.rooms {
                     prop_assert!(!room.members.is_empty());
                     prop_assert!(room.members.len() <= 3);
+                    let mut ids = BTreeSet::new();
                     for m in &room.members {
-                        prop_assert_eq!(r.joined.get(&m.conn), Some(name));
+                        prop_assert!(ids.insert(m.info.peer_id.clone()), "one place per id");
+                        match m.conn {
+                            Some(c) => {
+                                prop_assert_eq!(r.joined.get(&c), Some(name));
+                                prop_assert!(m.pending.is_empty());
+                                attached += 1;
+                            }
+                            None => prop_assert!(m.pending.len() <= MAX_PENDING),
+                        }
                     }
-                    members += room.members.len();
                 }
-                prop_assert_eq!(members, r.joined.len());
+                prop_assert_eq!(attached, r.joined.len());
             }
             Ok(())
         })

@@ -66,6 +66,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Frames queued for one client before it counts as not reading and is cut off.
     pub outbound_queue: usize,
+    /// How long the room place of a client whose connection broke (no close frame) is kept
+    /// for a `resume`.
+    pub resume_grace: Duration,
     /// WebSocket frames over this many bytes close the connection (code 1009). Frames
     /// between the protocol limit (64 KiB) and this get a `too_large` error instead, so a
     /// confused client learns why.
@@ -89,6 +92,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(20),
             outbound_queue: 256,
+            resume_grace: Duration::from_secs(8),
             ws_max_frame: 1 << 20,
             tls: None,
             ice: IceConfig::default(),
@@ -168,7 +172,12 @@ impl Server {
     pub async fn bind(cfg: Config) -> Result<Server, ServerError> {
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| ServerError::Bind { addr: cfg.listen, source })?;
-        let rooms = Rooms::new(RoomsConfig { max_peers: cfg.max_peers, ice: cfg.ice.clone(), ..Default::default() });
+        let rooms = Rooms::new(RoomsConfig {
+            max_peers: cfg.max_peers,
+            ice: cfg.ice.clone(),
+            resume_grace_ms: cfg.resume_grace.as_millis() as u64,
+            ..Default::default()
+        });
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
@@ -416,8 +425,10 @@ fn upgrade(
 
 /// How a WebSocket connection ended.
 enum End {
-    /// The client closed it or the socket failed.
-    Gone,
+    /// The client closed it with a close frame: it means to go.
+    Closed,
+    /// The socket failed or ended without a close frame: the client may come back.
+    Lost,
     /// The server closes it with this code and reason.
     Close(CloseCode, &'static str),
     /// The Hub cut it off (slow consumer); nothing more can be sent.
@@ -480,16 +491,16 @@ where
             biased;
             _ = &mut stopped => break match ctl.why.load(Relaxed) {
                 STOP_SHUTDOWN => End::Close(CloseCode::Away, "server shutting down"),
-                STOP_TIMEOUT => End::Close(CloseCode::Policy, "no answer to pings"),
+                STOP_TIMEOUT => End::Close(CloseCode::Policy, TIMEOUT_REASON),
                 _ => End::Killed,
             },
             r = &mut writer, if !writer_done => {
                 writer_done = true;
                 if let Err(e) = r { debug!(conn = id.0, error = %e, "write failed"); }
-                break End::Gone;
+                break End::Lost;
             }
             frame = stream.next() => match frame {
-                None => break End::Gone,
+                None => break End::Lost,
                 Some(Err(tungstenite::Error::Capacity(e))) => {
                     shared.metrics.rejected(Rejection::FrameTooLarge);
                     debug!(conn = id.0, error = %e, "frame over the hard limit");
@@ -497,14 +508,14 @@ where
                 }
                 Some(Err(e)) => {
                     debug!(conn = id.0, error = %e, "read failed");
-                    break End::Gone;
+                    break End::Lost;
                 }
                 Some(Ok(msg)) => {
                     ctl.last_heard_ms.store(shared.now_mono_ms(), Relaxed);
                     let verdict = match msg {
                         Message::Text(t) => on_frame(&shared, id, Ok(t.as_bytes()), &mut bucket, &mut strikes),
                         Message::Binary(_) => on_frame(&shared, id, Err(()), &mut bucket, &mut strikes),
-                        Message::Close(_) => break End::Gone,
+                        Message::Close(_) => break End::Closed,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
                     if let Some(end) = verdict { break end; }
@@ -513,10 +524,17 @@ where
         }
     };
 
+    // A network that failed (reset, silence) may come back: hold the room place. A client
+    // that said goodbye, or that we threw out, leaves now.
+    let lost = matches!(end, End::Lost | End::Close(_, TIMEOUT_REASON));
     let outs = {
         let mut hub = shared.hub.lock().expect("hub lock");
         hub.conns.remove(&id);
-        hub.rooms.disconnect(id)
+        if lost {
+            hub.rooms.connection_lost(id, wall_ms())
+        } else {
+            hub.rooms.disconnect(id)
+        }
     };
     shared.deliver(outs);
     shared.metrics.connections.fetch_sub(1, Relaxed);
@@ -560,7 +578,7 @@ fn on_frame(
     match decode(bytes) {
         Ok(msg) => {
             strikes.good();
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let now_ms = wall_ms();
             let mut hub = shared.hub.lock().expect("hub lock");
             let outs = hub.rooms.handle(id, msg, now_ms);
             hub.deliver(outs, &shared.metrics);
@@ -585,20 +603,37 @@ fn on_error(shared: &Shared, id: ConnId, strikes: &mut Strikes, e: ProtoError) -
     }
 }
 
-/// Every `ping_interval`: ping each client, and stop those silent for `idle_timeout`. One
-/// timer for the whole server instead of one per connection.
+const TIMEOUT_REASON: &str = "no answer to pings";
+
+/// Milliseconds since the Unix epoch: the clock of the room logic.
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Every `ping_interval`: ping each client, and stop those silent for `idle_timeout`. Twice a
+/// second: give up the places of away peers whose grace ran out. One timer for the whole
+/// server instead of one per connection.
 async fn sweep(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.cfg.ping_interval);
+    let step = shared.cfg.ping_interval.min(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let idle_ms = shared.cfg.idle_timeout.as_millis() as u64;
+    let ping_ms = shared.cfg.ping_interval.as_millis() as u64;
+    let mut last_ping = shared.now_mono_ms();
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let mut hub = shared.hub.lock().expect("hub lock");
+        let expired = hub.rooms.expire(wall_ms());
+        hub.deliver(expired, &shared.metrics);
         let now = shared.now_mono_ms();
-        let hub = shared.hub.lock().expect("hub lock");
+        if now.saturating_sub(last_ping) < ping_ms {
+            continue;
+        }
+        last_ping = now;
         for conn in hub.conns.values() {
             if now.saturating_sub(conn.ctl.last_heard_ms.load(Relaxed)) >= idle_ms {
                 if conn.ctl.why.load(Relaxed) == 0 {

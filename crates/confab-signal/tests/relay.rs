@@ -214,17 +214,58 @@ async fn wss_with_a_self_signed_certificate_the_client_trusts() {
 }
 
 #[tokio::test]
-async fn closed_tcp_connection_leaves_the_room_at_once() {
+async fn a_close_frame_leaves_the_room_at_once() {
     let srv = server(Config::default()).await;
     let mut a = Client::connect(&srv.ws_url()).await;
     let mut b = Client::connect(&srv.ws_url()).await;
     a.join("r", "A").await;
     let (pb, _) = b.join("r", "B").await;
     a.recv().await;
-    let t = Instant::now();
-    drop(b); // no close frame: the TCP connection just ends
+    b.ws.close(None).await.unwrap();
+    // Well inside the default 8 s grace: a goodbye is not held.
     a.expect("peer_left", |m| matches!(m, ServerMsg::PeerLeft { peer_id } if *peer_id == pb)).await;
-    assert!(t.elapsed() < WAIT);
+    assert_eq!(srv.counts(), (1, 1));
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_held_for_a_resume_with_what_it_missed() {
+    let srv = server(Config::default()).await;
+    let mut a = Client::connect(&srv.ws_url()).await;
+    let mut b = Client::connect(&srv.ws_url()).await;
+    let (pa, _) = a.join("r", "A").await;
+    let (pb, _, token) = b.join_with(json!({"type":"join","room":"r","name":"B"})).await;
+    a.recv().await;
+    drop(b); // no close frame: the TCP connection just ends
+    // A keeps talking to B, who is away: nothing bounces and nobody says B left.
+    a.send(json!({"type":"signal","to":pb,"data":{"candidate":null}})).await;
+    a.send(json!({"type":"chat","text":"still there?"})).await;
+    a.expect("own chat", |m| matches!(m, ServerMsg::Chat { .. })).await;
+    let mut b = Client::connect(&srv.ws_url()).await;
+    let resume = json!({"type":"join","room":"r","name":"B","resume":{"peer_id":pb,"token":token}});
+    let (id, peers, token2) = b.join_with(resume).await;
+    assert_eq!((&id, &token2), (&pb, &token));
+    assert_eq!(peers.iter().map(|p| &p.peer_id).collect::<Vec<_>>(), [&pa]);
+    b.expect("the missed signal", |m| matches!(m, ServerMsg::Signal { from, .. } if *from == pa)).await;
+    b.expect("the missed chat", |m| matches!(m, ServerMsg::Chat { text, .. } if text == "still there?")).await;
+    a.barrier("A saw no peer_left or peer_joined").await;
+    b.expect("A's barrier", |m| matches!(m, ServerMsg::Chat { from, .. } if *from == pa)).await;
+    b.barrier("B is back").await;
+    a.expect("B's chat", |m| matches!(m, ServerMsg::Chat { from, .. } if *from == pb)).await;
+    assert_eq!(srv.counts(), (1, 2));
+}
+
+#[tokio::test]
+async fn a_broken_connection_that_never_resumes_leaves_after_the_grace() {
+    let srv = server(Config { resume_grace: Duration::from_millis(300), ..Config::default() }).await;
+    let mut a = Client::connect(&srv.ws_url()).await;
+    let mut b = Client::connect(&srv.ws_url()).await;
+    a.join("r", "A").await;
+    let (pb, _) = b.join("r", "B").await;
+    a.recv().await;
+    let t = Instant::now();
+    drop(b);
+    a.expect("peer_left", |m| matches!(m, ServerMsg::PeerLeft { peer_id } if *peer_id == pb)).await;
+    assert!(t.elapsed() >= Duration::from_millis(300), "held for the grace period first");
     assert_eq!(srv.counts(), (1, 1));
 }
 
@@ -233,6 +274,7 @@ async fn silent_client_is_removed_after_the_idle_timeout() {
     let cfg = Config {
         ping_interval: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(400),
+        resume_grace: Duration::from_millis(100),
         ..Config::default()
     };
     let srv = server(cfg).await;

@@ -116,9 +116,15 @@ impl Client {
     }
 
     pub async fn join(&mut self, room: &str, name: &str) -> (PeerId, Vec<PeerInfo>) {
-        self.send(serde_json::json!({"type":"join","room":room,"name":name})).await;
+        let (id, peers, _) = self.join_with(serde_json::json!({"type":"join","room":room,"name":name})).await;
+        (id, peers)
+    }
+
+    /// Sends a `join` and returns what `joined` said: id, peers and resume token.
+    pub async fn join_with(&mut self, join: serde_json::Value) -> (PeerId, Vec<PeerInfo>, String) {
+        self.send(join).await;
         match self.recv().await {
-            ServerMsg::Joined { peer_id, peers, .. } => (peer_id, peers),
+            ServerMsg::Joined { peer_id, peers, resume_token, .. } => (peer_id, peers, resume_token),
             m => panic!("expected joined, got {m:?}"),
         }
     }
