@@ -3,12 +3,12 @@
 //! [`CallEvent`]s out. One task owns all the call's state; dropping the handle (or `leave`)
 //! ends it, which closes every peer connection and stops every thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use confab_proto::{ClientMsg, ErrorCode, IceServer, PeerId, PeerInfo, ServerMsg, SignalData};
+use confab_proto::{ClientMsg, ErrorCode, IceServer, PeerId, PeerInfo, Resume, SdpType, ServerMsg, SignalData};
 use rtc::media::Sample;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
@@ -30,6 +30,7 @@ use crate::media::{
     VideoDecodeThread, VideoPipeline,
 };
 use crate::negotiation::{Negotiation, OfferAction};
+use crate::recovery::{self, Change, PeerHealth, Repair};
 use crate::rtc::{self as rtcglue, IcePolicy, PcEvent, RtcSettings};
 use crate::signaling::{self, SignalEvent, TlsOptions};
 use crate::vp8_rtp::{Vp8Assembler, Vp8Frame};
@@ -146,6 +147,19 @@ pub enum CallEvent {
         peer_id: PeerId,
         state: String,
     },
+    /// Media from a peer stopped (`peer_id`), or the connection to the server broke (no
+    /// `peer_id`): confab is repairing it. Media that still flows keeps flowing meanwhile.
+    Reconnecting {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer_id: Option<PeerId>,
+        reason: String,
+    },
+    /// The repair worked, `after_ms` after it started.
+    Reconnected {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer_id: Option<PeerId>,
+        after_ms: u64,
+    },
     /// The first decoded picture from a peer, `ms` after both of us were in the room.
     FirstFrame {
         peer_id: PeerId,
@@ -220,23 +234,8 @@ impl Call {
         };
         let sink = devices::open_sink(&cfg.sink)?;
 
-        let (sig_tx, mut sig_rx) = signaling::connect(&cfg.server, &cfg.tls).await?;
-        let _ = sig_tx
-            .send(ClientMsg::Join { room: cfg.room.clone(), name: cfg.name.clone(), password: cfg.password.clone() })
-            .await;
-        let (me, room, max_peers, peers, ice) = loop {
-            match sig_rx.recv().await {
-                Some(SignalEvent::Msg(ServerMsg::Joined { peer_id, room, max_peers, peers, ice_servers, .. })) => {
-                    break (peer_id, room, max_peers, peers, ice_servers)
-                }
-                Some(SignalEvent::Msg(ServerMsg::Error { code, message })) => {
-                    return Err(CallError::Refused { code, message })
-                }
-                Some(SignalEvent::Msg(_)) => continue,
-                Some(SignalEvent::Closed(r)) => return Err(CallError::Closed(r)),
-                None => return Err(CallError::Closed(None)),
-            }
-        };
+        let ((sig_tx, sig_rx), joined) = handshake(&cfg, None).await?;
+        let JoinedRoom { peer_id: me, room, max_peers, peers, ice_servers: ice, resume_token, .. } = joined;
         info!(peer = %me, %room, peers = peers.len(), "joined");
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -250,7 +249,12 @@ impl Call {
         let mut task = CallTask {
             cfg,
             me: me.clone(),
-            sig_tx,
+            sig_tx: Some(sig_tx),
+            token: resume_token,
+            backlog: VecDeque::new(),
+            link_down_since: None,
+            reconnect_attempt: 0,
+            roster: peers.iter().map(|p| (p.peer_id.clone(), p.clone())).collect(),
             ev_tx,
             pc_tx,
             rtc,
@@ -353,6 +357,8 @@ struct PeerSession {
     last: StatsSample,
     /// Whether "could not connect" was already reported.
     reported_stuck: bool,
+    /// When to restart ICE or give the peer up.
+    health: PeerHealth,
 }
 
 /// What to add to a connection failure when only TURN relays may be used: then the relay
@@ -368,6 +374,90 @@ fn relay_hint(policy: IcePolicy) -> &'static str {
 /// How long a new peer connection may take before the user is told it is not coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
 
+/// Messages kept for the server while the connection to it is down.
+const MAX_BACKLOG: usize = 256;
+
+/// How long the call keeps trying to get back to the server before it ends.
+const RECONNECT_GIVE_UP: Duration = Duration::from_secs(300);
+
+/// What `joined` said.
+struct JoinedRoom {
+    peer_id: PeerId,
+    room: String,
+    max_peers: u32,
+    peers: Vec<PeerInfo>,
+    ice_servers: Vec<IceServer>,
+    resume_token: String,
+    resumed: bool,
+}
+
+type Link = (mpsc::Sender<ClientMsg>, mpsc::Receiver<SignalEvent>);
+
+/// Connects to the server and joins the room (taking up the place `resume` names, if any).
+/// Messages the server sends after `joined` stay in the returned receiver.
+async fn handshake(cfg: &CallConfig, resume: Option<Resume>) -> Result<(Link, JoinedRoom), CallError> {
+    let (tx, mut rx) = signaling::connect(&cfg.server, &cfg.tls).await?;
+    let join = ClientMsg::Join { room: cfg.room.clone(), name: cfg.name.clone(), password: cfg.password.clone(), resume };
+    let _ = tx.send(join).await;
+    let joined = async {
+        loop {
+            match rx.recv().await {
+                Some(SignalEvent::Msg(ServerMsg::Joined {
+                    peer_id,
+                    room,
+                    max_peers,
+                    peers,
+                    ice_servers,
+                    resume_token,
+                    resumed,
+                    ..
+                })) => return Ok(JoinedRoom { peer_id, room, max_peers, peers, ice_servers, resume_token, resumed }),
+                Some(SignalEvent::Msg(ServerMsg::Error { code, message })) => {
+                    return Err(CallError::Refused { code, message })
+                }
+                Some(SignalEvent::Msg(_)) => continue,
+                Some(SignalEvent::Closed(r)) => return Err(CallError::Closed(r)),
+                None => return Err(CallError::Closed(None)),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), joined).await {
+        Ok(j) => Ok(((tx, rx), j?)),
+        Err(_) => Err(CallError::Closed(Some("no answer to join within 10 s".into()))),
+    }
+}
+
+/// A reconnect attempt in flight; dropping it cancels it.
+struct Rejoin(JoinHandle<Result<(Link, JoinedRoom), CallError>>);
+
+impl Drop for Rejoin {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The next message from the server; never resolves while there is no connection.
+async fn next_signal(rx: &mut Option<mpsc::Receiver<SignalEvent>>) -> SignalEvent {
+    match rx {
+        Some(rx) => rx.recv().await.unwrap_or(SignalEvent::Closed(None)),
+        None => std::future::pending().await,
+    }
+}
+
+/// The outcome of the reconnect attempt; never resolves while there is none.
+async fn rejoined(r: &mut Option<Rejoin>) -> Result<(Link, JoinedRoom), CallError> {
+    match r {
+        Some(r) => (&mut r.0).await.unwrap_or_else(|e| Err(CallError::Closed(Some(e.to_string())))),
+        None => std::future::pending().await,
+    }
+}
+
+/// The DTLS fingerprint line of an SDP: it changes only when the other side built a new
+/// peer connection (it restarted, or gave us up and came back).
+fn fingerprint(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.strip_prefix("a=fingerprint:")).map(str::trim)
+}
+
 #[derive(Default, Clone, Copy)]
 struct StatsSample {
     at: Option<Instant>,
@@ -380,7 +470,17 @@ struct StatsSample {
 struct CallTask {
     cfg: CallConfig,
     me: PeerId,
-    sig_tx: mpsc::Sender<ClientMsg>,
+    /// `None` while the connection to the server is down.
+    sig_tx: Option<mpsc::Sender<ClientMsg>>,
+    /// Proves our place to the server when we reconnect.
+    token: String,
+    /// What we meant to send while the connection was down.
+    backlog: VecDeque<ClientMsg>,
+    link_down_since: Option<Instant>,
+    reconnect_attempt: u32,
+    /// Everyone the server says is in the room (a peer we gave up on stays here, so that it
+    /// can come back).
+    roster: HashMap<PeerId, PeerInfo>,
     ev_tx: mpsc::Sender<CallEvent>,
     pc_tx: mpsc::Sender<(PeerId, PcEvent)>,
     rtc: RtcSettings,
@@ -399,11 +499,14 @@ impl CallTask {
     async fn run(
         mut self,
         mut cmd_rx: mpsc::Receiver<Command>,
-        mut sig_rx: mpsc::Receiver<SignalEvent>,
+        sig_rx: mpsc::Receiver<SignalEvent>,
         mut pc_rx: mpsc::Receiver<(PeerId, PcEvent)>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
+        let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        let mut sig_rx = Some(sig_rx);
+        let mut retry: Option<Rejoin> = None;
         let mut leave_ack = None;
         let reason = loop {
             tokio::select! {
@@ -412,17 +515,51 @@ impl CallTask {
                     Some(c) => self.command(c).await,
                     None => break "the call handle was dropped".into(),
                 },
-                ev = sig_rx.recv() => match ev {
-                    Some(SignalEvent::Msg(m)) => self.server_msg(m).await,
-                    Some(SignalEvent::Closed(r)) => break format!("signaling connection lost{}", r.map(|r| format!(": {r}")).unwrap_or_default()),
-                    None => break "signaling connection lost".into(),
+                ev = next_signal(&mut sig_rx) => match ev {
+                    SignalEvent::Msg(m) => self.server_msg(m).await,
+                    SignalEvent::Closed(r) => {
+                        // Media does not need the server: keep every peer connection and
+                        // get our place back.
+                        sig_rx = None;
+                        self.sig_tx = None;
+                        self.link_down_since = Some(Instant::now());
+                        self.reconnect_attempt = 0;
+                        let reason = format!("lost the server{}", r.map(|r| format!(": {r}")).unwrap_or_default());
+                        warn!(%reason, "reconnecting");
+                        self.emit(CallEvent::Reconnecting { peer_id: None, reason }).await;
+                        retry = Some(self.rejoin());
+                    }
                 },
+                r = rejoined(&mut retry) => {
+                    retry = None;
+                    match r {
+                        Ok(((tx, rx), joined)) => {
+                            sig_rx = Some(rx);
+                            self.back(tx, joined).await;
+                        }
+                        Err(e @ (CallError::Refused { .. } | CallError::Signal(signaling::SignalError::BadUrl(_)))) => {
+                            break format!("could not get back into the room: {e}");
+                        }
+                        Err(e) => {
+                            let down = self.link_down_since.map(|t| t.elapsed()).unwrap_or_default();
+                            if down >= RECONNECT_GIVE_UP {
+                                break format!("lost the server for {} s: {e}", down.as_secs());
+                            }
+                            debug!(error = %e, attempt = self.reconnect_attempt, "reconnect failed");
+                            retry = Some(self.rejoin());
+                        }
+                    }
+                }
                 Some((peer, ev)) = pc_rx.recv() => self.pc_event(peer, ev).await,
                 _ = tick.tick() => self.stats().await,
+                _ = watchdog.tick() => self.repair().await,
             }
         };
+        drop(retry);
         info!(%reason, "call ending");
-        let _ = self.sig_tx.send(ClientMsg::Leave).await;
+        if let Some(tx) = &self.sig_tx {
+            let _ = tx.send(ClientMsg::Leave).await;
+        }
         // Stop capture first: the camera light goes out before anything else.
         self.video = None;
         self.audio = None;
@@ -441,8 +578,134 @@ impl CallTask {
         let _ = self.ev_tx.send(ev).await;
     }
 
-    async fn signal(&self, to: &PeerId, data: SignalData) {
-        let _ = self.sig_tx.send(ClientMsg::Signal { to: to.clone(), data }).await;
+    async fn signal(&mut self, to: &PeerId, data: SignalData) {
+        self.send(ClientMsg::Signal { to: to.clone(), data }).await;
+    }
+
+    /// To the server now, or once we are back with it.
+    async fn send(&mut self, m: ClientMsg) {
+        let m = match &self.sig_tx {
+            Some(tx) => match tx.send(m).await {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => m,
+        };
+        if self.backlog.len() >= MAX_BACKLOG {
+            self.backlog.pop_front();
+        }
+        self.backlog.push_back(m);
+    }
+
+    /// Starts the next attempt to reconnect and take our place back.
+    fn rejoin(&mut self) -> Rejoin {
+        let delay = recovery::reconnect_delay(self.reconnect_attempt, rand::random_range(0.75..1.25));
+        self.reconnect_attempt += 1;
+        let cfg = self.cfg.clone();
+        let resume = Resume { peer_id: self.me.clone(), token: self.token.clone() };
+        Rejoin(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            handshake(&cfg, Some(resume)).await
+        }))
+    }
+
+    /// We are back in the room.
+    async fn back(&mut self, tx: mpsc::Sender<ClientMsg>, joined: JoinedRoom) {
+        let after_ms = self.link_down_since.take().map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+        info!(after_ms, resumed = joined.resumed, peers = joined.peers.len(), "back with the server");
+        self.sig_tx = Some(tx);
+        self.reconnect_attempt = 0;
+        self.token = joined.resume_token;
+        if joined.peer_id != self.me {
+            // A server that does not know `resume` gave us a new id; the others will see us
+            // join afresh and rebuild their connections to us.
+            warn!(old = %self.me, new = %joined.peer_id, "the server gave us a new peer id");
+            self.me = joined.peer_id;
+        }
+        // Fresh TURN credentials for connections made from now on.
+        self.rtc.ice_servers = joined.ice_servers;
+        self.rtc.ice_servers.extend(self.cfg.extra_ice_servers.iter().cloned());
+        for m in std::mem::take(&mut self.backlog) {
+            // A fresh place: signals for the old room and our old state mean nothing there.
+            if joined.resumed || matches!(m, ClientMsg::Chat { .. }) {
+                self.send(m).await;
+            }
+        }
+        if !joined.resumed {
+            // The server had lost the room (it restarted, or our grace ran out). Whoever it
+            // lists is back; connections to them that still work carry on untouched.
+            self.send_state().await;
+            let listed: HashSet<PeerId> = joined.peers.iter().map(|p| p.peer_id.clone()).collect();
+            let now = Instant::now();
+            for (id, p) in self.peers.iter_mut() {
+                if !listed.contains(id) {
+                    p.health.unconfirmed(now);
+                }
+            }
+            for p in joined.peers {
+                self.roster.insert(p.peer_id.clone(), p.clone());
+                match self.peers.get_mut(&p.peer_id) {
+                    Some(s) => s.health.confirmed(),
+                    None => {
+                        // New to us: it will offer, as to any newcomer.
+                        self.emit(CallEvent::PeerJoined { peer: p.clone() }).await;
+                        self.add_peer(p, true).await;
+                    }
+                }
+            }
+        }
+        self.emit(CallEvent::Reconnected { peer_id: None, after_ms }).await;
+    }
+
+    /// Restarts ICE where media stopped, and gives up peers that stay unreachable.
+    async fn repair(&mut self) {
+        let now = Instant::now();
+        let link_up = self.sig_tx.is_some();
+        let mut restart = Vec::new();
+        let mut gone = Vec::new();
+        for (id, p) in &self.peers {
+            match p.health.due(now, link_up) {
+                Repair::RestartIce => restart.push(id.clone()),
+                Repair::GiveUp => gone.push(id.clone()),
+                Repair::Nothing => {}
+            }
+        }
+        for id in gone {
+            info!(peer = %id, "peer unreachable; giving it up");
+            self.remove_peer(&id).await;
+            self.emit(CallEvent::PeerLeft { peer_id: id }).await;
+        }
+        for id in restart {
+            self.restart_ice(&id).await;
+        }
+    }
+
+    /// Offers new ICE credentials to `id`: both sides gather on fresh sockets (new TURN
+    /// allocations too) and check pairs again, while DTLS, SRTP and the tracks carry on.
+    async fn restart_ice(&mut self, id: &PeerId) {
+        let Some(p) = self.peers.get_mut(id) else { return };
+        p.health.restarted(Instant::now());
+        p.neg.offer_sent();
+        let pc = p.pc.clone();
+        info!(peer = %id, "restarting ICE");
+        let offer = async {
+            let opts = || Some(rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true });
+            let offer = match pc.create_offer(opts()).await {
+                Ok(o) => o,
+                Err(_) => {
+                    // Our last restart offer is still unanswered: take it back first.
+                    pc.set_local_description(webrtc::peer_connection::RTCSessionDescription::rollback(None)?).await?;
+                    pc.create_offer(opts()).await?
+                }
+            };
+            pc.set_local_description(offer.clone()).await?;
+            Ok::<_, webrtc::error::Error>(with_host_candidates(&pc, offer).await)
+        }
+        .await;
+        match offer {
+            Ok(offer) => self.signal(id, SignalData::Sdp(rtcglue::from_rtc_sdp(&offer))).await,
+            Err(e) => warn!(peer = %id, error = %e, "ICE restart offer failed"),
+        }
     }
 
     async fn command(&mut self, c: Command) {
@@ -494,26 +757,43 @@ impl CallTask {
                 })();
                 let _ = ack.send(r);
             }
-            Command::Chat(text) => {
-                let _ = self.sig_tx.send(ClientMsg::Chat { text }).await;
-            }
+            Command::Chat(text) => self.send(ClientMsg::Chat { text }).await,
             Command::Leave(_) => unreachable!("handled by run"),
         }
     }
 
-    async fn send_state(&self) {
-        let _ = self.sig_tx.send(ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on }).await;
+    async fn send_state(&mut self) {
+        self.send(ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on }).await;
     }
 
     async fn server_msg(&mut self, m: ServerMsg) {
         match m {
             ServerMsg::PeerJoined { peer } => {
+                self.roster.insert(peer.peer_id.clone(), peer.clone());
+                if let Some(s) = self.peers.get_mut(&peer.peer_id) {
+                    // Someone we are in a call with is back after the server lost the room.
+                    s.health.confirmed();
+                    if !(s.health.ever_connected() && s.health.is_down()) {
+                        return; // its connection works (or is still coming up): keep it
+                    }
+                    // Ours is broken and it may have dropped its side: build a new one.
+                    let since = Instant::now();
+                    self.remove_peer(&peer.peer_id).await;
+                    self.add_peer(peer.clone(), false).await;
+                    if let Some(s) = self.peers.get_mut(&peer.peer_id) {
+                        s.health = PeerHealth::replacing(false, since);
+                    }
+                    return;
+                }
                 self.emit(CallEvent::PeerJoined { peer: peer.clone() }).await;
                 self.add_peer(peer, false).await;
             }
             ServerMsg::PeerLeft { peer_id } => {
-                self.remove_peer(&peer_id).await;
-                self.emit(CallEvent::PeerLeft { peer_id }).await;
+                self.roster.remove(&peer_id);
+                if self.peers.contains_key(&peer_id) {
+                    self.remove_peer(&peer_id).await;
+                    self.emit(CallEvent::PeerLeft { peer_id }).await;
+                }
             }
             ServerMsg::Signal { from, data } => self.remote_signal(from, data).await,
             ServerMsg::State { from, muted, camera } => {
@@ -524,6 +804,8 @@ impl CallTask {
                 self.emit(CallEvent::RemoteState { peer_id: from, muted, camera }).await;
             }
             ServerMsg::Chat { from, name, text, ts } => self.emit(CallEvent::Chat { from, name, text, ts }).await,
+            // During repairs a signal can race a peer's departure; that is not the user's business.
+            ServerMsg::Error { code: ErrorCode::UnknownPeer, message } => debug!(%message, "signal not delivered"),
             ServerMsg::Error { code, message } => {
                 self.emit(CallEvent::Error { message: format!("server: {message} ({code})") }).await
             }
@@ -569,6 +851,7 @@ impl CallTask {
             audio,
             last: StatsSample::default(),
             reported_stuck: false,
+            health: PeerHealth::new(polite),
         };
         if !polite {
             session.neg.offer_sent();
@@ -600,12 +883,50 @@ impl CallTask {
     }
 
     async fn remote_signal(&mut self, from: PeerId, data: SignalData) {
-        let Some(p) = self.peers.get_mut(&from) else {
-            debug!(%from, "signal from a peer we do not know");
-            return;
+        let sdp_kind = match &data {
+            SignalData::Sdp(d) => Some(d.kind),
+            SignalData::Candidate(_) => None,
         };
+        if !self.peers.contains_key(&from) {
+            // A peer we gave up on is offering again: it is back.
+            match (sdp_kind, self.roster.get(&from).cloned()) {
+                (Some(SdpType::Offer), Some(info)) => {
+                    info!(peer = %from, "a peer we had given up is back");
+                    self.emit(CallEvent::PeerJoined { peer: info.clone() }).await;
+                    self.add_peer(info, true).await;
+                }
+                _ => {
+                    debug!(%from, "signal from a peer we have no connection with");
+                    return;
+                }
+            }
+        }
+        if let (SignalData::Sdp(d), Some(p)) = (&data, self.peers.get(&from)) {
+            let current = p.pc.remote_description().await;
+            let theirs = current.as_ref().and_then(|c| fingerprint(&c.sdp));
+            if matches!((fingerprint(&d.sdp), theirs), (Some(new), Some(old)) if new != old) {
+                // The other side built a new peer connection (it gave us up, or restarted):
+                // ours can never talk to it again, so build a new one to match.
+                info!(peer = %from, "the peer has a new connection; rebuilding ours");
+                let info = p.info.clone();
+                let since = Instant::now();
+                let polite = d.kind == SdpType::Offer;
+                self.remove_peer(&from).await;
+                self.add_peer(info, polite).await;
+                if let Some(s) = self.peers.get_mut(&from) {
+                    s.health = PeerHealth::replacing(polite, since);
+                }
+                if !polite {
+                    return; // an answer from their new connection to our old offer: we re-offered
+                }
+            }
+        }
+        let Some(p) = self.peers.get_mut(&from) else { return };
+        if sdp_kind == Some(SdpType::Offer) {
+            p.health.remote_offered(Instant::now());
+        }
         let pc = p.pc.clone();
-        let result: Result<(), webrtc::error::Error> = async {
+        let result: Result<Option<webrtc::peer_connection::RTCSessionDescription>, webrtc::error::Error> = async {
             match data {
                 SignalData::Sdp(d) => match d.kind {
                     confab_proto::SdpType::Offer => match p.neg.on_offer() {
@@ -623,14 +944,7 @@ impl CallTask {
                             }
                             let answer = pc.create_answer(None).await?;
                             pc.set_local_description(answer.clone()).await?;
-                            let answer = with_host_candidates(&pc, answer).await;
-                            let _ = self
-                                .sig_tx
-                                .send(ClientMsg::Signal {
-                                    to: from.clone(),
-                                    data: SignalData::Sdp(rtcglue::from_rtc_sdp(&answer)),
-                                })
-                                .await;
+                            return Ok(Some(with_host_candidates(&pc, answer).await));
                         }
                     },
                     confab_proto::SdpType::Answer | confab_proto::SdpType::Pranswer => {
@@ -652,11 +966,13 @@ impl CallTask {
                 }
                 SignalData::Candidate(None) => {}
             }
-            Ok(())
+            Ok(None)
         }
         .await;
-        if let Err(e) = result {
-            self.emit(CallEvent::Error { message: format!("negotiation with {from} failed: {e}") }).await;
+        match result {
+            Ok(Some(answer)) => self.signal(&from, SignalData::Sdp(rtcglue::from_rtc_sdp(&answer))).await,
+            Ok(None) => {}
+            Err(e) => self.emit(CallEvent::Error { message: format!("negotiation with {from} failed: {e}") }).await,
         }
     }
 
@@ -665,25 +981,47 @@ impl CallTask {
         match ev {
             PcEvent::Candidate(c) => {
                 let data = SignalData::Candidate(Some(rtcglue::from_rtc_candidate(&c)));
-                let _ = self.sig_tx.send(ClientMsg::Signal { to: peer, data }).await;
+                self.signal(&peer, data).await;
             }
-            PcEvent::GatheringComplete => {
-                let _ = self.sig_tx.send(ClientMsg::Signal { to: peer, data: SignalData::Candidate(None) }).await;
-            }
+            PcEvent::GatheringComplete => self.signal(&peer, SignalData::Candidate(None)).await,
             PcEvent::IceServerError { url, code, text } => {
                 let message = format!("ICE server {url} failed for {}: {code} {text}", p.info.name);
                 self.emit(CallEvent::Error { message }).await;
             }
             PcEvent::State(state) => {
-                if state == RTCPeerConnectionState::Connected {
-                    let _ = p.connected.send(true);
+                let now = Instant::now();
+                let change = match state {
+                    RTCPeerConnectionState::Connected => {
+                        let _ = p.connected.send(true);
+                        p.health.connected(now)
+                    }
+                    RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
+                        let first = !p.health.ever_connected();
+                        let change = p.health.lost(now);
+                        if first && state == RTCPeerConnectionState::Failed {
+                            let message =
+                                format!("no network path to {}{}", p.info.name, relay_hint(self.cfg.ice_policy));
+                            self.emit(CallEvent::Error { message }).await;
+                        }
+                        change
+                    }
+                    _ => None,
+                };
+                let name = format!("{state}").to_lowercase();
+                self.emit(CallEvent::Connection { peer_id: peer.clone(), state: name.clone() }).await;
+                match change {
+                    Some(Change::Reconnecting) => {
+                        info!(%peer, state = %name, "media path lost; repairing");
+                        self.emit(CallEvent::Reconnecting { peer_id: Some(peer), reason: format!("connection {name}") })
+                            .await
+                    }
+                    Some(Change::Reconnected(d)) => {
+                        info!(%peer, ms = d.as_millis() as u64, "media path back");
+                        self.emit(CallEvent::Reconnected { peer_id: Some(peer), after_ms: d.as_millis() as u64 })
+                            .await
+                    }
+                    None => {}
                 }
-                if state == RTCPeerConnectionState::Failed {
-                    let message = format!("no network path to {}{}", p.info.name, relay_hint(self.cfg.ice_policy));
-                    self.emit(CallEvent::Error { message }).await;
-                }
-                let state = format!("{state}").to_lowercase();
-                self.emit(CallEvent::Connection { peer_id: peer, state }).await;
             }
             PcEvent::Track(track) => {
                 let kind = track.kind().await;

@@ -29,6 +29,7 @@ pub mod jitter;
 pub mod media;
 pub mod mixer;
 pub mod negotiation;
+pub mod recovery;
 pub mod rtc;
 pub mod signaling;
 pub mod stamp;

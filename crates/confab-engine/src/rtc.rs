@@ -169,6 +169,17 @@ pub async fn build_pc(
         // ClientHello can reach the offerer before the answer does, be dropped, and cost a
         // 1 s DTLS retransmission.
         .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Server)
+        // Notice a dead path within 2 s (keepalives every 0.5 s keep a quiet but live one,
+        // e.g. muted with the camera off, from looking dead), so that the ICE restart can
+        // begin early; `failed` follows 6 s later.
+        .with_ice_timeouts(
+            Some(std::time::Duration::from_secs(2)),
+            Some(std::time::Duration::from_secs(6)),
+            Some(std::time::Duration::from_millis(500)),
+        )
+        // An ICE restart gathers on new sockets and allocates new TURN ports: the old ones
+        // may be exactly what died (a NAT binding, a relay port).
+        .with_discard_local_candidates_during_ice_restart(true)
         .build();
     let pc = PeerConnectionBuilder::<String>::new()
         .with_configuration(cfg)

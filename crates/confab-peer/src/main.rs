@@ -71,6 +71,9 @@ struct Cli {
     /// Send this chat message once every expected peer is connected.
     #[arg(long)]
     chat: Option<String>,
+    /// Send a chat line at a time into the call: SECS:TEXT (repeatable).
+    #[arg(long, value_parser = parse_chat_at)]
+    chat_at: Vec<(f64, String)>,
     /// Mute the microphone this many seconds after joining.
     #[arg(long)]
     mute_at: Option<f64>,
@@ -83,6 +86,15 @@ struct Cli {
     /// Do not print per-second stats lines.
     #[arg(long)]
     quiet_stats: bool,
+}
+
+fn parse_chat_at(s: &str) -> Result<(f64, String), String> {
+    let (t, text) = s.split_once(':').ok_or_else(|| format!("'{s}' is not SECS:TEXT"))?;
+    let t: f64 = t.parse().map_err(|_| format!("bad seconds in '{s}'"))?;
+    if !(t.is_finite() && t >= 0.0) || text.trim().is_empty() {
+        return Err(format!("'{s}': need SECS >= 0 and some text"));
+    }
+    Ok((t, text.to_string()))
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -103,6 +115,35 @@ struct VideoRecord {
     last_no: Option<u32>,
     gaps: u64,
     latencies_ms: Vec<u64>,
+    /// When the last frame arrived (wall ms) and the running mean of frame intervals.
+    last_at_ms: Option<u64>,
+    mean_interval_ms: f64,
+    max_gap_ms: u64,
+    freezes: u64,
+    freeze_ms: u64,
+    /// Gaps of 300 ms or more: (wall ms when the picture came back, gap ms).
+    stalls: Vec<(u64, u64)>,
+}
+
+impl VideoRecord {
+    /// Accounts one displayed frame at `now_ms`. A freeze is WebRTC's: a frame interval over
+    /// both three mean intervals and the mean plus 150 ms.
+    fn arrived(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_at_ms {
+            let gap = now_ms.saturating_sub(last);
+            self.max_gap_ms = self.max_gap_ms.max(gap);
+            let mean = self.mean_interval_ms;
+            if self.frames > 10 && gap as f64 > (3.0 * mean).max(mean + 150.0) {
+                self.freezes += 1;
+                self.freeze_ms += gap;
+            }
+            if gap >= 300 {
+                self.stalls.push((now_ms, gap));
+            }
+            self.mean_interval_ms = if self.frames <= 1 { gap as f64 } else { mean + (gap as f64 - mean) / 30.0 };
+        }
+        self.last_at_ms = Some(now_ms);
+    }
 }
 
 /// Collects stamps and latencies per peer on the decode threads.
@@ -116,6 +157,7 @@ impl FrameSink for Recorder {
         let mut peers = self.peers.lock().unwrap();
         let r = peers.entry(peer.clone()).or_default();
         r.frames += 1;
+        r.arrived(devices::wall_ms());
         if let Some(s) = f.stamp {
             r.stamped += 1;
             if let Some(last) = r.last_no {
@@ -136,6 +178,12 @@ struct PeerSummary {
     first_frame_ms: Option<u64>,
     frames_decoded: u64,
     stamp_gaps: u64,
+    /// Longest time between two pictures, and WebRTC-style freezes (count, total ms).
+    max_frame_gap_ms: u64,
+    freezes: u64,
+    freeze_ms: u64,
+    /// Picture gaps of 300 ms or more: [wall ms when the picture came back, gap ms].
+    stalls: Vec<(u64, u64)>,
     latency_ms: Option<serde_json::Value>,
     audio_tone_hz: Option<f64>,
     audio_packets_received: u64,
@@ -211,6 +259,8 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut chatted = false;
     let mut muted = false;
     let mut camera_off = false;
+    let mut chats_at = cli.chat_at.clone();
+    chats_at.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut timers = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -219,6 +269,10 @@ async fn run(cli: Cli) -> Result<bool> {
                 let t = started.elapsed().as_secs_f64();
                 if let Some(at) = cli.mute_at { if !muted && t >= at { muted = true; call.set_muted(true).await; } }
                 if let Some(at) = cli.camera_off_at { if !camera_off && t >= at { camera_off = true; call.set_camera(false).await; } }
+                while chats_at.first().is_some_and(|(at, _)| t >= *at) {
+                    let (_, text) = chats_at.remove(0);
+                    call.chat(text).await;
+                }
             }
             ev = call.next_event() => {
                 let Some(ev) = ev else { break };
@@ -268,6 +322,10 @@ async fn run(cli: Cli) -> Result<bool> {
         if let Some(r) = records.get(id) {
             s.frames_decoded = r.frames;
             s.stamp_gaps = r.gaps;
+            s.max_frame_gap_ms = r.max_gap_ms;
+            s.freezes = r.freezes;
+            s.freeze_ms = r.freeze_ms;
+            s.stalls = r.stalls.clone();
             if !r.latencies_ms.is_empty() {
                 let mut l = r.latencies_ms.clone();
                 l.sort_unstable();
