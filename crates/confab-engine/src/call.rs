@@ -995,6 +995,9 @@ impl CallTask {
                         let _ = p.connected.send(true);
                         p.health.connected(now)
                     }
+                    // Connecting again after having been connected: the other side restarted
+                    // ICE, perhaps before our own timer saw the path die. Same episode.
+                    RTCPeerConnectionState::Connecting if p.health.ever_connected() => p.health.lost(now),
                     RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
                         let first = !p.health.ever_connected();
                         let change = p.health.lost(now);
@@ -1073,6 +1076,9 @@ impl CallTask {
                 if pair.nominated && pair.current_round_trip_time > 0.0 {
                     s.rtt_ms = Some(pair.current_round_trip_time * 1000.0);
                 }
+            }
+            if let Some(rtt) = s.rtt_ms {
+                p.stats.rtt_ms.store(rtt as u64, Relaxed);
             }
             s.candidate_type = selected_candidate_type(&p.pc).await;
             s.frames_decoded = p.stats.frames_decoded.load(Relaxed);
@@ -1240,8 +1246,7 @@ async fn receive_video(
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     let (kf_tx, mut kf_rx) = mpsc::channel::<()>(4);
     let decoder = VideoDecodeThread::start(peer, sink, stats.clone(), kf_tx.clone(), on_first);
-    // Wait up to 150 ms for a retransmission (NACK) to complete a frame.
-    let mut assembler = Vp8Assembler::new(150);
+    let mut assembler = Vp8Assembler::new(retransmission_wait(0));
     let epoch = Instant::now();
     let mut gave_up = tokio::time::interval(Duration::from_millis(50));
     let mut last_pli = Instant::now() - Duration::from_secs(1);
@@ -1266,7 +1271,10 @@ async fn receive_video(
                 Some(TrackRemoteEvent::OnEnded) | None => break,
                 Some(_) => {}
             },
-            _ = gave_up.tick() => forward(assembler.poll(epoch.elapsed().as_millis() as u64)),
+            _ = gave_up.tick() => {
+                assembler.set_max_wait(retransmission_wait(stats.rtt_ms.load(Relaxed)));
+                forward(assembler.poll(epoch.elapsed().as_millis() as u64))
+            }
             Some(()) = kf_rx.recv() => {
                 if last_pli.elapsed() >= Duration::from_millis(250) {
                     last_pli = Instant::now();
@@ -1279,6 +1287,13 @@ async fn receive_video(
         }
     }
     drop(decoder);
+}
+
+/// How long a frame with a hole may wait for NACK to fill it: a NACK goes out within 100 ms
+/// of the hole showing, the resend takes a round trip, and one resend may be lost too. Waiting
+/// costs delay only when a packet is missing; giving up costs a freeze until a keyframe.
+fn retransmission_wait(rtt_ms: u64) -> u64 {
+    (100 + rtt_ms * 5 / 2).clamp(150, 800)
 }
 
 /// Reads a remote audio track into that peer's jitter buffer.

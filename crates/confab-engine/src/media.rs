@@ -273,6 +273,8 @@ impl Drop for AudioPipeline {
 /// Counters of one remote peer's media, shared by its threads and the call.
 #[derive(Default, Debug)]
 pub struct PeerMediaStats {
+    /// Round trip to the peer in ms (0 until known): how long a retransmission takes.
+    pub rtt_ms: AtomicU64,
     pub frames_decoded: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub keyframes_requested: AtomicU64,
@@ -397,7 +399,10 @@ impl VideoDecodeThread {
         want_keyframe: tokio::sync::mpsc::Sender<()>,
         on_first: Box<dyn FnOnce() + Send>,
     ) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vp8Frame>(4);
+        // Room for a burst: frames held while a retransmission fills a hole come out all at
+        // once when it arrives (up to the retransmission wait, ~0.8 s at 30 fps). Dropping one
+        // of them would cost a keyframe round trip, the very freeze the wait avoided.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vp8Frame>(32);
         let lost = Arc::new(AtomicBool::new(false));
         let lost1 = lost.clone();
         let thread = thread::Builder::new()

@@ -21,11 +21,15 @@ pub fn reconnect_delay(attempt: u32, jitter: f64) -> Duration {
     Duration::from_millis((base as f64 * jitter.clamp(0.5, 1.5)) as u64)
 }
 
-/// Delay between ICE restarts that did not bring the connection back: 2 s, 4 s, 6 s ...
-/// capped at 8 s. Each restart costs the remote an answer and both sides new TURN
-/// allocations, so a path that stays dead is not hammered either.
+/// Delay between ICE restarts that did not bring the connection back: 3 s, then 4, 6, 8 s.
+/// A restart through TURN needs new allocations, permissions and checks (over a second on a
+/// slow path); starting another one before it could finish only throws that work away. Each
+/// restart also costs the remote an answer, so a path that stays dead is not hammered.
 fn restart_interval(restarts: u32) -> Duration {
-    Duration::from_secs((2 * restarts as u64).clamp(2, 8))
+    Duration::from_secs(match restarts {
+        0 | 1 => 3,
+        n => (2 * n as u64).min(8),
+    })
 }
 
 /// What the call should do about one peer now.
@@ -188,11 +192,11 @@ mod tests {
         assert_eq!(h.lost(t0 + ms(200)), None, "disconnected then failed is one episode");
         assert_eq!(h.due(t0 + ms(100), true), Repair::RestartIce);
         h.restarted(t0 + ms(100));
-        assert_eq!(h.due(t0 + ms(2_000), true), Repair::Nothing);
-        assert_eq!(h.due(t0 + ms(2_100), true), Repair::RestartIce);
-        h.restarted(t0 + ms(2_100));
-        assert_eq!(h.due(t0 + ms(6_000), true), Repair::Nothing, "second wait is 4 s");
-        assert_eq!(h.connected(t0 + ms(6_000)), Some(Change::Reconnected(ms(5_900))));
+        assert_eq!(h.due(t0 + ms(3_000), true), Repair::Nothing);
+        assert_eq!(h.due(t0 + ms(3_100), true), Repair::RestartIce);
+        h.restarted(t0 + ms(3_100));
+        assert_eq!(h.due(t0 + ms(7_000), true), Repair::Nothing, "second wait is 4 s");
+        assert_eq!(h.connected(t0 + ms(7_000)), Some(Change::Reconnected(ms(6_900))));
         assert_eq!(h.due(t0 + ms(60_000), true), Repair::Nothing);
     }
 
@@ -204,8 +208,8 @@ mod tests {
         h.lost(t0);
         assert_eq!(h.due(t0 + ms(1_000), true), Repair::Nothing);
         h.remote_offered(t0 + ms(1_000));
-        assert_eq!(h.due(t0 + ms(2_000), true), Repair::Nothing, "the other side is on it");
-        assert_eq!(h.due(t0 + ms(3_000), true), Repair::RestartIce, "but not forever");
+        assert_eq!(h.due(t0 + ms(3_000), true), Repair::Nothing, "the other side is on it");
+        assert_eq!(h.due(t0 + ms(4_000), true), Repair::RestartIce, "but not forever");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedP
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -25,13 +25,18 @@ use webrtc::peer_connection::{
 pub const VP8_PT: u8 = 96;
 pub const OPUS_PT: u8 = 111;
 
+/// VP8 with the feedback we act on. The feedback must be on the codec our tracks are built
+/// with, not only on the media engine's: the NACK responder keeps a send history only for
+/// streams whose own codec says `nack`, so without it every resend request went unanswered
+/// and each lost packet cost a keyframe round trip.
 pub fn vp8_codec() -> RTCRtpCodec {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
     RTCRtpCodec {
         mime_type: MIME_TYPE_VP8.into(),
         clock_rate: 90_000,
         channels: 0,
         sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![],
+        rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
     }
 }
 
@@ -180,6 +185,14 @@ pub async fn build_pc(
         // An ICE restart gathers on new sockets and allocates new TURN ports: the old ones
         // may be exactly what died (a NAT binding, a relay port).
         .with_discard_local_candidates_during_ice_restart(true)
+        // The ICE agent holds a working relay pair back for 2 s by default, hoping a direct
+        // pair beats it. With relay-only ICE nothing can, so that is 2 s of black screen at
+        // every start and every restart; otherwise 1 s is still ample for host and srflx
+        // pairs, which answer within tens of milliseconds when they work at all.
+        .with_relay_acceptance_min_wait(Some(match settings.policy {
+            IcePolicy::Relay => std::time::Duration::ZERO,
+            IcePolicy::All => std::time::Duration::from_secs(1),
+        }))
         .build();
     let pc = PeerConnectionBuilder::<String>::new()
         .with_configuration(cfg)

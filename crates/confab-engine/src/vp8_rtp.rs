@@ -43,6 +43,9 @@ pub struct Vp8Assembler {
     highest_ts: Option<u64>,
     /// Timestamp of the last frame handed out (frames older than it are late).
     last_out: Option<u64>,
+    /// Extended sequence number of the last packet of the last frame handed out: a frame
+    /// that does not follow on from it had a whole frame lost before it.
+    last_out_seq: Option<u64>,
     lost: bool,
     max_wait_ms: u64,
 }
@@ -94,12 +97,18 @@ fn unwrap(highest: &mut Option<u64>, value: u64, bits: u32) -> u64 {
 }
 
 impl Vp8Assembler {
+    /// How long an incomplete frame may wait for retransmissions; follow the round trip.
+    pub fn set_max_wait(&mut self, ms: u64) {
+        self.max_wait_ms = ms;
+    }
+
     pub fn new(max_wait_ms: u64) -> Self {
         Vp8Assembler {
             pending: BTreeMap::new(),
             highest_seq: None,
             highest_ts: None,
             last_out: None,
+            last_out_seq: None,
             lost: false,
             max_wait_ms,
         }
@@ -127,16 +136,26 @@ impl Vp8Assembler {
     fn drain(&mut self, now_ms: u64) -> Vec<Vp8Frame> {
         let mut out = Vec::new();
         while let Some((&ts, oldest)) = self.pending.iter().next() {
+            let stale = now_ms.saturating_sub(oldest.first_seen_ms) >= self.max_wait_ms;
             if oldest.complete() {
+                let first = *oldest.packets.keys().next().expect("complete frames have packets");
+                let keyframe = oldest.packets.values().next().is_some_and(|(_, _, d)| d.first().is_some_and(|b| b & 1 == 0));
+                let follows = self.last_out_seq.is_none_or(|l| first == l + 1);
+                // A frame lost whole (every packet) shows only as a hole in the sequence
+                // numbers: wait for its retransmission like for any missing packet, unless
+                // this frame needs nothing before it.
+                if !(follows || keyframe || stale) {
+                    break;
+                }
                 let f = self.pending.remove(&ts).expect("present");
+                self.last_out_seq = f.packets.keys().next_back().copied();
                 let data: Vec<u8> = f.packets.into_values().flat_map(|(_, _, d)| d).collect();
-                let keyframe = data.first().is_some_and(|b| b & 0x01 == 0);
-                out.push(Vp8Frame { data, rtp_ts: ts as u32, keyframe, after_loss: std::mem::take(&mut self.lost) });
+                let after_loss = std::mem::take(&mut self.lost) || !follows;
+                out.push(Vp8Frame { data, rtp_ts: ts as u32, keyframe, after_loss });
                 self.last_out = Some(ts);
                 continue;
             }
             let newer_complete = self.pending.values().skip(1).any(Pending::complete);
-            let stale = now_ms.saturating_sub(oldest.first_seen_ms) >= self.max_wait_ms;
             // Bound memory: never hold more than a second of frames.
             if (newer_complete && stale) || self.pending.len() > 30 {
                 self.pending.remove(&ts);
@@ -207,6 +226,25 @@ mod tests {
         assert!(out[0].after_loss, "the frame after a lost one is flagged");
         // The late retransmission of the lost packet is ignored.
         assert!(a.push(1, 0, f1[1].1, &f1[1].0, 160).is_empty());
+    }
+
+    #[test]
+    fn a_frame_lost_whole_is_waited_for_then_given_up() {
+        let mut a = Vp8Assembler::new(100);
+        let one = |n: u8| packets(&[0x01u8, n], 1000).remove(0).0;
+        assert_eq!(a.push(0, 0, true, &one(0), 0).len(), 1);
+        // Frame 1 (seq 1) is missing entirely; frame 2 is complete but must not jump it.
+        assert!(a.push(2, 6000, true, &one(2), 10).is_empty(), "holds for the retransmission");
+        let out = a.push(1, 3000, true, &one(1), 50);
+        assert_eq!(out.iter().map(|f| (f.rtp_ts, f.after_loss)).collect::<Vec<_>>(), [(3000, false), (6000, false)]);
+        // Frame 4 lost for good: frame 5 goes out after the wait, flagged.
+        assert!(a.push(4, 12000, true, &one(5), 200).is_empty());
+        assert!(a.poll(250).is_empty());
+        let out = a.poll(300);
+        assert_eq!(out.iter().map(|f| (f.rtp_ts, f.after_loss)).collect::<Vec<_>>(), [(12000, true)]);
+        // A keyframe after a hole needs nothing before it.
+        let key = packets(&[0x00u8; 10], 1000).remove(0).0;
+        assert!(a.push(9, 20000, true, &key, 400)[0].keyframe);
     }
 
     #[test]
