@@ -161,6 +161,13 @@ function fmtStats(s) {
     + `rtt ${f(s.rtt_ms)} ms · lost ${s.packets_lost}\njitter ${f(s.jitter_ms, 1)} ms · ${s.candidate_type || '…'}`;
 }
 
+/// The server-link banner: `text` shows it, null hides it.
+function showBanner(text) {
+  const b = $('banner');
+  b.textContent = text ?? '';
+  b.hidden = text == null;
+}
+
 function onEvent(ev) {
   switch (ev.type) {
     case 'joined': state.me = ev.peer_id; chat.me = ev.peer_id; ev.peers.forEach(addPeer); break;
@@ -172,6 +179,14 @@ function onEvent(ev) {
       p.tile.setState(label ?? ev.state);
       break;
     }
+    case 'reconnecting':
+      if (ev.peer_id) state.peers.get(ev.peer_id)?.tile.setState('Reconnecting…');
+      else showBanner('Reconnecting to the server… your call goes on meanwhile.');
+      break;
+    case 'reconnected':
+      if (ev.peer_id) state.peers.get(ev.peer_id)?.tile.setState('');
+      else showBanner(null);
+      break;
     case 'remote_state': state.peers.get(ev.peer_id)?.tile.setMedia({ muted: ev.muted, camera: ev.camera }); break;
     case 'chat': chat.add(ev); break;
     case 'stats': {

@@ -117,3 +117,50 @@ def test_two_windows_call_through_the_built_in_server(app_factory):
         a.wait_for(f"!document.querySelector(\"{REMOTE}\")", timeout=5, why="Ben's tile stayed after he left")
     finally:
         os.environ.pop("CONFAB_BUILTIN_PORT", None)
+
+
+def test_server_crash_shows_a_banner_while_the_call_goes_on(app_factory, peers):
+    """The signaling server dies mid-call: the app says so in a banner, the picture keeps
+    moving (media never needed the server), and the banner goes once the server is back."""
+    import subprocess
+    from conftest import SIGNAL, free_port, wait_port
+
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+
+    def start_signal():
+        proc = subprocess.Popen([str(SIGNAL), "--listen", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return proc
+
+    signal = start_signal()
+    try:
+        app = app_factory()
+        fill(app, "display-name", "Ada")
+        fill(app, "room-name", "crash-room")
+        app.driver.find_element(By.CSS_SELECTOR, "details.more summary").click()
+        fill(app, "server-url", url)
+        app.driver.find_element(By.ID, "join-button").click()
+        app.wait_for("!document.getElementById('call-screen').hidden", why="no call screen after Join")
+        peers(url, "crash-room", "Bob", "--duration", "60")
+        app.wait_for(f"Number(document.querySelector(\"{REMOTE}\")?.dataset.framesDrawn) > 10",
+                     timeout=30, why="no frames drawn in the remote tile")
+
+        signal.kill()
+        signal.wait()
+        app.wait_for("!document.getElementById('banner').hidden && "
+                     "document.getElementById('banner').textContent.includes('Reconnecting')",
+                     timeout=10, why="no reconnecting banner after the server died")
+        before = frames_drawn(app, REMOTE)
+        time.sleep(1)
+        assert frames_drawn(app, REMOTE) - before >= 10, "the picture stopped while the server was down"
+        app.screenshot("server-down-banner")
+
+        signal = start_signal()
+        app.wait_for("document.getElementById('banner').hidden", timeout=15,
+                     why="the banner stayed after the server came back")
+        assert app.js(f"return document.querySelector(\"{REMOTE}\").dataset.name") == "Bob"
+    finally:
+        signal.kill()
+        signal.wait()

@@ -557,8 +557,14 @@ impl CallTask {
         };
         drop(retry);
         info!(%reason, "call ending");
-        if let Some(tx) = &self.sig_tx {
+        if let Some(tx) = self.sig_tx.take() {
             let _ = tx.send(ClientMsg::Leave).await;
+        }
+        // Wait (briefly) for the socket task to deliver the leave and close: a process that
+        // exits right after leaving would otherwise drop the socket unsent, and the server
+        // would hold our place for its resume grace as if we had crashed.
+        if let Some(mut rx) = sig_rx.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async { while rx.recv().await.is_some() {} }).await;
         }
         // Stop capture first: the camera light goes out before anything else.
         self.video = None;

@@ -3,55 +3,12 @@
 //! camera and tone (this machine has no camera or sound card); they go through the same
 //! capture -> encode -> network -> decode path a camera would.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
+mod support;
+
 use std::time::Duration;
 
 use serde_json::Value;
-
-const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
-
-/// One call at a time: each test runs real encoders and decoders, and a 2-core machine
-/// running all of them at once would measure CPU starvation, not confab.
-static ONE_CALL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Peer {
-    child: Child,
-    lines: JoinHandle<Vec<Value>>,
-}
-
-impl Peer {
-    fn start(url: &str, room: &str, name: &str, extra: &[&str]) -> Peer {
-        let mut child = Command::new(PEER)
-            .args(["--server", url, "--room", room, "--name", name, "--bind", "127.0.0.1", "--size", "320x180"])
-            .args(["--quiet-stats"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start confab-peer");
-        let out = child.stdout.take().unwrap();
-        let lines = std::thread::spawn(move || {
-            BufReader::new(out).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
-        });
-        Peer { child, lines }
-    }
-
-    /// Waits for the process and returns (exit ok, every event line).
-    fn finish(mut self) -> (bool, Vec<Value>) {
-        let status = self.child.wait().unwrap();
-        (status.success(), self.lines.join().unwrap())
-    }
-}
-
-fn summary(lines: &[Value]) -> &Value {
-    lines.iter().find(|l| l["type"] == "summary").expect("a summary line")
-}
-
-fn events<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines.iter().filter(|l| l["type"] == kind).collect()
-}
+use support::*;
 
 /// Checks what `lines` (one peer's output) saw of the peer named `from` sending `hz`.
 fn check_media_from(lines: &[Value], from: &str, hz: f64) {
@@ -115,14 +72,13 @@ async fn leaving_and_killed_peers_disappear() {
     let _turn = ONE_CALL_AT_A_TIME.lock().await;
     let srv = server().await;
     let url = srv.ws_url();
-    let stay = Peer::start(&url, "exits", "Stay", &["--duration", "9", "--expect-peers", "0"]);
+    let stay = Peer::start(&url, "exits", "Stay", &["--duration", "15", "--expect-peers", "0"]);
     let leaver = Peer::start(&url, "exits", "Leaver", &["--duration", "3"]);
-    let mut victim = Peer::start(&url, "exits", "Victim", &["--duration", "30"]);
+    let victim = Peer::start(&url, "exits", "Victim", &["--duration", "30"]);
     let (_, leaver_lines) = tokio::task::spawn_blocking(|| leaver.finish()).await.unwrap();
     let left_at = events(&leaver_lines, "leaving")[0]["at_ms"].as_u64().unwrap();
     let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    unsafe { libc::kill(victim.child.id() as i32, libc::SIGKILL) };
-    let _ = victim.child.wait();
+    victim.kill();
     let (_, lines) = tokio::task::spawn_blocking(|| stay.finish()).await.unwrap();
     let id_of = |name: &str| {
         let s = summary(&lines);
@@ -140,7 +96,9 @@ async fn leaving_and_killed_peers_disappear() {
     let leave_ms = gone("Leaver").saturating_sub(left_at);
     assert!(leave_ms < 1000, "a peer that leaves is gone within 1 s (took {leave_ms} ms)");
     let kill_ms = gone("Victim").saturating_sub(killed_at);
-    assert!(kill_ms < 15_000, "a killed peer is gone within 15 s (took {kill_ms} ms)");
+    // Its socket broke without a goodbye, so the server held its place for the resume grace
+    // (8 s) first: it could have been a network blip.
+    assert!(kill_ms < 10_000, "a killed peer is gone within 10 s (took {kill_ms} ms)");
     // Both really had media before they went.
     let s = summary(&lines);
     for p in s["peers"].as_array().unwrap() {

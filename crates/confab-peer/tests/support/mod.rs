@@ -69,6 +69,12 @@ impl Peer {
         }
     }
 
+    /// SIGKILL: the process dies without leaving.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process and returns (exit ok, every line).
     pub fn finish(mut self) -> (bool, Vec<Value>) {
         let status = self.child.wait().unwrap();
