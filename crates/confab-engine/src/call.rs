@@ -30,6 +30,7 @@ use crate::media::{
     VideoDecodeThread, VideoPipeline,
 };
 use crate::negotiation::{Negotiation, OfferAction};
+use crate::bwe::RateControl;
 use crate::recovery::{self, Change, PeerHealth, Repair};
 use crate::rtc::{self as rtcglue, IcePolicy, PcEvent, RtcSettings};
 use crate::signaling::{self, SignalEvent, TlsOptions};
@@ -125,6 +126,10 @@ pub struct PeerStats {
     pub bytes_sent: u64,
     pub audio_tone_hz: Option<f64>,
     pub audio_packets_received: u64,
+    /// The video rate the path to this peer allows, by its receiver reports (kbit/s).
+    pub path_kbps: u32,
+    /// What the video encoder is allowed right now (kbit/s), for all peers.
+    pub video_budget_kbps: u32,
 }
 
 /// What a call reports.
@@ -245,7 +250,11 @@ impl Call {
         let audio_map: PeerAudioMap = Arc::new(Mutex::new(HashMap::new()));
         let playout = PlayoutThread::start(sink, audio_map.clone());
         let _ = ev_tx.send(CallEvent::Joined { peer_id: me.clone(), room, max_peers, peers: peers.clone() }).await;
-        let rtc = RtcSettings { ice_servers, policy: cfg.ice_policy, udp_bind: cfg.udp_bind.clone() };
+        let rtc = RtcSettings {
+            ice_servers,
+            policy: cfg.ice_policy,
+            udp_bind: cfg.udp_bind.clone(),
+        };
         let mut task = CallTask {
             cfg,
             me: me.clone(),
@@ -359,6 +368,9 @@ struct PeerSession {
     reported_stuck: bool,
     /// When to restart ICE or give the peer up.
     health: PeerHealth,
+    /// What the peer's receiver reports say about the path, and the video rate it allows.
+    reports: rtcglue::LinkReports,
+    rate: RateControl,
 }
 
 /// What to add to a connection failure when only TURN relays may be used: then the relay
@@ -373,6 +385,14 @@ fn relay_hint(policy: IcePolicy) -> &'static str {
 
 /// How long a new peer connection may take before the user is told it is not coming up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(8);
+
+/// The least the video encoder is asked for (kbit/s): below it a picture is mush anyway.
+const MIN_VIDEO_KBPS: u32 = 60;
+
+/// The video bitrate the user asked for (or the default for the picture size), in kbit/s.
+fn video_kbps(cfg: &CallConfig) -> u32 {
+    cfg.bitrate_kbps.unwrap_or_else(|| Vp8Config::realtime(cfg.width, cfg.height, cfg.fps).bitrate_kbps)
+}
 
 /// Messages kept for the server while the connection to it is down.
 const MAX_BACKLOG: usize = 256;
@@ -663,8 +683,22 @@ impl CallTask {
         self.emit(CallEvent::Reconnected { peer_id: None, after_ms }).await;
     }
 
-    /// Restarts ICE where media stopped, and gives up peers that stay unreachable.
+    /// Restarts ICE where media stopped, gives up peers that stay unreachable, and keeps the
+    /// encoder within what the paths carry.
     async fn repair(&mut self) {
+        // One encoding feeds every peer, so the slowest path sets the rate.
+        let mut budget = video_kbps(&self.cfg);
+        for p in self.peers.values_mut() {
+            for r in std::mem::take(&mut *p.reports.lock().expect("reports lock")) {
+                p.rate.on_report(r);
+            }
+            if p.health.ever_connected() && !p.health.is_down() {
+                budget = budget.min(p.rate.kbps());
+            }
+        }
+        if self.send.video_budget_kbps.swap(budget, Relaxed) != budget {
+            debug!(kbps = budget, "video budget");
+        }
         let now = Instant::now();
         let link_up = self.sig_tx.is_some();
         let mut restart = Vec::new();
@@ -822,7 +856,8 @@ impl CallTask {
     /// A new remote peer. `polite`: they were here first and will offer; else we offer.
     async fn add_peer(&mut self, info: PeerInfo, polite: bool) {
         let id = info.peer_id.clone();
-        let pc = match rtcglue::build_pc(&id, &self.rtc, self.pc_tx.clone()).await {
+        let reports = rtcglue::LinkReports::default();
+        let pc = match rtcglue::build_pc(&id, &self.rtc, self.pc_tx.clone(), reports.clone()).await {
             Ok(pc) => pc,
             Err(e) => {
                 self.emit(CallEvent::Error { message: format!("cannot set up a connection to {}: {e}", info.name) })
@@ -858,6 +893,8 @@ impl CallTask {
             last: StatsSample::default(),
             reported_stuck: false,
             health: PeerHealth::new(polite),
+            reports,
+            rate: RateControl::new(MIN_VIDEO_KBPS, video_kbps(&self.cfg)),
         };
         if !polite {
             session.neg.offer_sent();
@@ -999,7 +1036,11 @@ impl CallTask {
                 let change = match state {
                     RTCPeerConnectionState::Connected => {
                         let _ = p.connected.send(true);
-                        p.health.connected(now)
+                        let change = p.health.connected(now);
+                        if change.is_some() {
+                            p.rate.path_changed(); // after an ICE restart it may be another path
+                        }
+                        change
                     }
                     // Connecting again after having been connected: the other side restarted
                     // ICE, perhaps before our own timer saw the path die. Same episode.
@@ -1087,6 +1128,8 @@ impl CallTask {
                 p.stats.rtt_ms.store(rtt as u64, Relaxed);
             }
             s.candidate_type = selected_candidate_type(&p.pc).await;
+            s.path_kbps = p.rate.kbps();
+            s.video_budget_kbps = self.send.video_budget_kbps.load(Relaxed);
             s.frames_decoded = p.stats.frames_decoded.load(Relaxed);
             s.frames_dropped = p.stats.frames_dropped.load(Relaxed);
             {
@@ -1282,7 +1325,10 @@ async fn receive_video(
                 forward(assembler.poll(epoch.elapsed().as_millis() as u64))
             }
             Some(()) = kf_rx.recv() => {
-                if last_pli.elapsed() >= Duration::from_millis(250) {
+                // At most one request per round trip and a half: the keyframe asked for
+                // last time may still be on its way, and each one is a burst on the path.
+                let gap = Duration::from_millis((stats.rtt_ms.load(Relaxed) * 3 / 2).max(250));
+                if last_pli.elapsed() >= gap {
                     last_pli = Instant::now();
                     stats.keyframes_requested.fetch_add(1, Relaxed);
                     debug!(ssrc, "sending PLI");

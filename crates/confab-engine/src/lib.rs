@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bwe;
 pub mod call;
 pub mod codec;
 pub mod devices;

@@ -10,7 +10,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,6 +67,8 @@ pub struct SendSide {
     /// Set by any peer's keyframe request (or a new connection); the encoder clears it.
     pub keyframe: Arc<AtomicBool>,
     pub frames_encoded: Arc<AtomicU64>,
+    /// What the encoder may send (kbit/s), set from the bandwidth estimates; 0 = as configured.
+    pub video_budget_kbps: Arc<AtomicU32>,
 }
 
 impl SendSide {
@@ -76,6 +78,7 @@ impl SendSide {
             audio: broadcast::channel(64).0,
             keyframe: Arc::new(AtomicBool::new(true)),
             frames_encoded: Arc::new(AtomicU64::new(0)),
+            video_budget_kbps: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct VideoPipeline {
     threads: Vec<thread::JoinHandle<()>>,
 }
 
+/// Least time between two keyframes the encoder makes on request.
+const MIN_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
 impl VideoPipeline {
     pub fn start(
         mut source: Box<dyn VideoSource>,
@@ -172,13 +178,33 @@ impl VideoPipeline {
         let encode = thread::Builder::new()
             .name("video-encode".into())
             .spawn(move || {
+                let mut last_key: Option<Instant> = None;
                 while let Some(f) = slot2.take() {
                     let frame = if (f.frame.width, f.frame.height) != (enc.width, enc.height) {
                         f.frame.scaled(enc.width, enc.height)
                     } else {
                         f.frame
                     };
-                    let key = out.keyframe.swap(false, Relaxed);
+                    // Honour keyframe requests at most every 500 ms (the first always): on a
+                    // congested path each keyframe is a burst that causes the next loss and the
+                    // next request, a storm that starves everything else. A request that waits
+                    // is kept and served when the interval is up.
+                    let key = if last_key.is_none_or(|t: Instant| t.elapsed() >= MIN_KEYFRAME_INTERVAL) {
+                        out.keyframe.swap(false, Relaxed)
+                    } else {
+                        false
+                    };
+                    if key {
+                        last_key = Some(Instant::now());
+                    }
+                    let budget = out.video_budget_kbps.load(Relaxed);
+                    let current = encoder.settings().bitrate_kbps;
+                    // Small moves are noise; each reconfiguration costs the rate control.
+                    if budget > 0 && budget.abs_diff(current) * 20 > current {
+                        if let Err(e) = encoder.set_bitrate(budget) {
+                            warn!(error = %e, kbps = budget, "cannot change the video bitrate");
+                        }
+                    }
                     match encoder.encode(&frame, key) {
                         Ok(Some(e)) => {
                             out.frames_encoded.fetch_add(1, Relaxed);

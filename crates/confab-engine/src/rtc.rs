@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use confab_proto::{IceCandidate, PeerId, SdpType, SessionDescription};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -127,18 +129,26 @@ pub struct RtcSettings {
     pub udp_bind: Vec<String>,
 }
 
+/// Receiver-report blocks about what we send, as they arrive; the call drains them.
+pub type LinkReports = Arc<std::sync::Mutex<Vec<crate::bwe::LinkReport>>>;
+
 /// Builds a peer connection for `peer`. Its events go to `tx`.
 pub async fn build_pc(
     peer: &PeerId,
     settings: &RtcSettings,
     tx: mpsc::Sender<(PeerId, PcEvent)>,
+    reports: LinkReports,
 ) -> Result<Arc<dyn PeerConnection>, webrtc::error::Error> {
     let mut me = MediaEngine::default();
     me.register_codec(RTCRtpCodecParameters { rtp_codec: vp8_codec(), payload_type: VP8_PT }, RtpCodecKind::Video)?;
     me.register_codec(RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT }, RtpCodecKind::Audio)?;
     // After the codecs: the interceptors add their RTCP feedback to codecs already there.
     let registry = register_default_interceptors(Registry::new(), &mut me)?
-        .with(Slot::from(14_000), KeyframeRequestForwarder::default());
+        // Ask for a missing packet at most 3 times (every 100 ms): unlimited requests on a
+        // congested path, where the round trip grows past the interval, multiply the very
+        // traffic that congests it.
+        .with(Slot::NackGenerator, rtc::interceptor::NackGeneratorBuilder::new().with_max_nacks_per_packet(3).build())
+        .with(Slot::from(14_000), KeyframeRequestForwarder { reports, ..Default::default() });
     let ice_servers = settings
         .ice_servers
         .iter()
@@ -207,11 +217,13 @@ pub async fn build_pc(
 }
 
 /// Passes PLI and FIR from the remote to our track (`TrackLocal::poll`), so the encoder can
-/// send a keyframe. Everything else stops here, after the interceptors before it acted on it.
+/// send a keyframe, and notes the loss and round trip of every receiver report block for the
+/// rate control. Everything else stops here, after the interceptors before it acted on it.
 #[derive(Default)]
 struct KeyframeRequestForwarder {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    reports: LinkReports,
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
@@ -223,6 +235,25 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
+            let now = crate::bwe::compact_ntp_now();
+            for p in packets {
+                let a = p.as_any();
+                let blocks = a
+                    .downcast_ref::<ReceiverReport>()
+                    .map(|r| &r.reports)
+                    .or_else(|| a.downcast_ref::<SenderReport>().map(|s| &s.reports));
+                for b in blocks.into_iter().flatten() {
+                    let r = crate::bwe::LinkReport {
+                        loss: b.fraction_lost as f64 / 256.0,
+                        rtt_ms: crate::bwe::rtt_ms(now, b.last_sender_report, b.delay),
+                    };
+                    let mut q = self.reports.lock().expect("reports lock");
+                    // Bounded: the call drains these four times a second.
+                    if q.len() < 64 {
+                        q.push(r);
+                    }
+                }
+            }
             let wanted: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
                 .filter(|p| {

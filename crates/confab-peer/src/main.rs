@@ -190,6 +190,13 @@ struct PeerSummary {
     candidate_type: Option<String>,
     bytes_received: u64,
     bytes_sent: u64,
+    /// The last video rate the path to this peer allowed, and our budget then (kbit/s).
+    path_kbps: u32,
+    video_budget_kbps: u32,
+    /// Received bitrate (kbit/s), mean over the last 5 s of stats.
+    bitrate_in_kbps: f64,
+    #[serde(skip)]
+    recent_in: std::collections::VecDeque<f64>,
     left: bool,
 }
 
@@ -353,6 +360,15 @@ fn update(summaries: &mut BTreeMap<PeerId, PeerSummary>, stats: &PeerStats) {
             s.candidate_type = stats.candidate_type.clone();
         }
         s.audio_packets_received = s.audio_packets_received.max(stats.audio_packets_received);
+        s.path_kbps = stats.path_kbps;
+        s.video_budget_kbps = stats.video_budget_kbps;
+        if stats.bitrate_in_kbps > 0.0 {
+            s.recent_in.push_back(stats.bitrate_in_kbps);
+            if s.recent_in.len() > 5 {
+                s.recent_in.pop_front();
+            }
+            s.bitrate_in_kbps = s.recent_in.iter().sum::<f64>() / s.recent_in.len() as f64;
+        }
         if stats.audio_tone_hz.is_some() {
             s.audio_tone_hz = stats.audio_tone_hz;
         }

@@ -37,10 +37,19 @@ impl Peer {
     }
 
     pub fn spawn(args: &[&str]) -> Peer {
+        // CONFAB_TEST_LOGS=DIR keeps each peer's log (at CONFAB_LOG's level) for a post-mortem.
+        let stderr = match std::env::var_os("CONFAB_TEST_LOGS") {
+            Some(dir) => {
+                let name = args.windows(2).find(|w| w[0] == "--name").map_or("peer", |w| w[1]);
+                let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", std::process::id()));
+                Stdio::from(std::fs::File::create(path).expect("create peer log"))
+            }
+            None => Stdio::null(),
+        };
         let mut child = Command::new(PEER)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start confab-peer");
         let out = child.stdout.take().unwrap();
