@@ -23,6 +23,7 @@ use webrtc::media_stream::MediaStreamTrack;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, StatsSelector};
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::bwe::RateControl;
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSpec, SinkSpec, VideoSpec};
 use crate::media::{
@@ -30,7 +31,7 @@ use crate::media::{
     VideoDecodeThread, VideoPipeline,
 };
 use crate::negotiation::{Negotiation, OfferAction};
-use crate::bwe::RateControl;
+use crate::playout::Playout;
 use crate::recovery::{self, Change, PeerHealth, Repair};
 use crate::rtc::{self as rtcglue, IcePolicy, PcEvent, RtcSettings};
 use crate::signaling::{self, SignalEvent, TlsOptions};
@@ -250,11 +251,7 @@ impl Call {
         let audio_map: PeerAudioMap = Arc::new(Mutex::new(HashMap::new()));
         let playout = PlayoutThread::start(sink, audio_map.clone());
         let _ = ev_tx.send(CallEvent::Joined { peer_id: me.clone(), room, max_peers, peers: peers.clone() }).await;
-        let rtc = RtcSettings {
-            ice_servers,
-            policy: cfg.ice_policy,
-            udp_bind: cfg.udp_bind.clone(),
-        };
+        let rtc = RtcSettings { ice_servers, policy: cfg.ice_policy, udp_bind: cfg.udp_bind.clone() };
         let mut task = CallTask {
             cfg,
             me: me.clone(),
@@ -417,7 +414,8 @@ type Link = (mpsc::Sender<ClientMsg>, mpsc::Receiver<SignalEvent>);
 /// Messages the server sends after `joined` stay in the returned receiver.
 async fn handshake(cfg: &CallConfig, resume: Option<Resume>) -> Result<(Link, JoinedRoom), CallError> {
     let (tx, mut rx) = signaling::connect(&cfg.server, &cfg.tls).await?;
-    let join = ClientMsg::Join { room: cfg.room.clone(), name: cfg.name.clone(), password: cfg.password.clone(), resume };
+    let join =
+        ClientMsg::Join { room: cfg.room.clone(), name: cfg.name.clone(), password: cfg.password.clone(), resume };
     let _ = tx.send(join).await;
     let joined = async {
         loop {
@@ -1067,8 +1065,7 @@ impl CallTask {
                     }
                     Some(Change::Reconnected(d)) => {
                         info!(%peer, ms = d.as_millis() as u64, "media path back");
-                        self.emit(CallEvent::Reconnected { peer_id: Some(peer), after_ms: d.as_millis() as u64 })
-                            .await
+                        self.emit(CallEvent::Reconnected { peer_id: Some(peer), after_ms: d.as_millis() as u64 }).await
                     }
                     None => {}
                 }
@@ -1299,31 +1296,37 @@ async fn receive_video(
     let epoch = Instant::now();
     let mut gave_up = tokio::time::interval(Duration::from_millis(50));
     let mut last_pli = Instant::now() - Duration::from_secs(1);
-    let forward = |frames: Vec<Vp8Frame>| {
-        for f in frames {
-            if decoder.tx.try_send(f).is_err() {
-                // The decoder is behind: drop this frame. The decoder then waits for a
-                // keyframe rather than decode garbage.
-                stats.frames_dropped.fetch_add(1, Relaxed);
-                decoder.mark_loss();
-            }
+    let mut playout = Playout::new();
+    // Complete frames waiting for their time (see `playout`), in order.
+    let mut held: VecDeque<(u64, Vp8Frame)> = VecDeque::new();
+    let decode = |f: Vp8Frame| {
+        if decoder.tx.try_send(f).is_err() {
+            // The decoder is behind: drop this frame. The decoder then waits for a
+            // keyframe rather than decode garbage.
+            stats.frames_dropped.fetch_add(1, Relaxed);
+            decoder.mark_loss();
         }
     };
     loop {
-        tokio::select! {
+        let now = epoch.elapsed().as_millis() as u64;
+        while held.front().is_some_and(|(show, _)| *show <= now) {
+            decode(held.pop_front().expect("front exists").1);
+        }
+        let next_show = held.front().map(|(show, _)| epoch + Duration::from_millis(*show));
+        let frames = tokio::select! {
             ev = track.poll() => match ev {
                 Some(TrackRemoteEvent::OnRtpPacket(pkt)) => {
-                    let now = epoch.elapsed().as_millis() as u64;
                     let h = &pkt.header;
-                    forward(assembler.push(h.sequence_number, h.timestamp, h.marker, &pkt.payload, now));
+                    assembler.push(h.sequence_number, h.timestamp, h.marker, &pkt.payload, now)
                 }
                 Some(TrackRemoteEvent::OnEnded) | None => break,
-                Some(_) => {}
+                Some(_) => continue,
             },
             _ = gave_up.tick() => {
                 assembler.set_max_wait(retransmission_wait(stats.rtt_ms.load(Relaxed)));
-                forward(assembler.poll(epoch.elapsed().as_millis() as u64))
+                assembler.poll(now)
             }
+            _ = tokio::time::sleep_until(next_show.unwrap_or(epoch).into()), if next_show.is_some() => continue,
             Some(()) = kf_rx.recv() => {
                 // At most one request per round trip and a half: the keyframe asked for
                 // last time may still be on its way, and each one is a burst on the path.
@@ -1335,7 +1338,13 @@ async fn receive_video(
                     let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
                     let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                 }
+                continue;
             }
+        };
+        let now = epoch.elapsed().as_millis() as u64;
+        for f in frames {
+            let show = playout.schedule(f.rtp_ts, now);
+            held.push_back((show, f));
         }
     }
     drop(decoder);

@@ -30,6 +30,7 @@ pub mod jitter;
 pub mod media;
 pub mod mixer;
 pub mod negotiation;
+pub mod playout;
 pub mod recovery;
 pub mod rtc;
 pub mod signaling;

@@ -139,7 +139,8 @@ impl Vp8Assembler {
             let stale = now_ms.saturating_sub(oldest.first_seen_ms) >= self.max_wait_ms;
             if oldest.complete() {
                 let first = *oldest.packets.keys().next().expect("complete frames have packets");
-                let keyframe = oldest.packets.values().next().is_some_and(|(_, _, d)| d.first().is_some_and(|b| b & 1 == 0));
+                let keyframe =
+                    oldest.packets.values().next().is_some_and(|(_, _, d)| d.first().is_some_and(|b| b & 1 == 0));
                 let follows = self.last_out_seq.is_none_or(|l| first == l + 1);
                 // A frame lost whole (every packet) shows only as a hole in the sequence
                 // numbers: wait for its retransmission like for any missing packet, unless

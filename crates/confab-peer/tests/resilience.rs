@@ -11,48 +11,9 @@ mod support;
 
 use std::time::Duration;
 
-use confab_netsim::{Impairment, Relay};
+use confab_netsim::Impairment;
 use serde_json::Value;
 use support::*;
-
-const SECRET: &str = "resilience";
-
-/// coturn, the impairment relay in front of it, and a signaling server that hands out the
-/// relay's address as the TURN server, all on loopback.
-struct RelayedSetup {
-    rt: tokio::runtime::Runtime,
-    relay: Relay,
-    signal: Option<confab_signal::ServerHandle>,
-    _turn: Turn,
-}
-
-impl RelayedSetup {
-    fn start(imp: Impairment) -> RelayedSetup {
-        let turn = Turn::start(SECRET);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let relay = rt.block_on(Relay::start("127.0.0.1:0".parse().unwrap(), turn.addr(), imp)).unwrap();
-        let ice = confab_signal::IceConfig {
-            stun: vec![],
-            turn: vec![format!("turn:{}?transport=udp", relay.local_addr())],
-            turn_secret: Some(SECRET.into()),
-            turn_ttl_s: 600,
-        };
-        let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ice, ..Default::default() };
-        let signal = rt.block_on(async { confab_signal::Server::bind(cfg).await.unwrap().spawn() });
-        RelayedSetup { rt, relay, signal: Some(signal), _turn: turn }
-    }
-
-    fn url(&self) -> String {
-        self.signal.as_ref().unwrap().ws_url()
-    }
-}
-
-impl Drop for RelayedSetup {
-    fn drop(&mut self) {
-        let _guard = self.rt.enter();
-        self.signal.take();
-    }
-}
 
 fn first_frame(p: &Peer) {
     p.wait_for("the first picture", Duration::from_secs(15), |v| v["type"] == "first_frame");

@@ -12,7 +12,9 @@ pub fn validate(msg: &ClientMsg) -> Result<(), ProtoError> {
             if let Some(r) = resume {
                 // A resumed id is echoed to the whole room, so it must look like one we made.
                 let id_ok = |s: &str, max: usize| {
-                    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    !s.is_empty()
+                        && s.len() <= max
+                        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 };
                 if !id_ok(r.peer_id.as_str(), MAX_PEER_ID_BYTES) || !id_ok(&r.token, MAX_TOKEN_BYTES) {
                     return Err(bad(format!(

@@ -164,9 +164,10 @@ impl Rooms {
             ClientMsg::Join { room, name, password, resume } => self.join(conn, room, name, password, resume, now_ms),
             ClientMsg::Signal { to, data } => self.in_room(conn, |room, me| {
                 let from = me.clone();
-                let target = room.members.iter_mut().find(|m| m.info.peer_id == to && m.info.peer_id != from).ok_or_else(
-                    || ProtoError::new(ErrorCode::UnknownPeer, format!("no peer '{to}' in your room")),
-                )?;
+                let target =
+                    room.members.iter_mut().find(|m| m.info.peer_id == to && m.info.peer_id != from).ok_or_else(
+                        || ProtoError::new(ErrorCode::UnknownPeer, format!("no peer '{to}' in your room")),
+                    )?;
                 let mut dest = Vec::with_capacity(1);
                 let msg = ServerMsg::Signal { from, data };
                 target.reach(&msg, &mut dest);
@@ -294,7 +295,8 @@ impl Rooms {
         // A resume the room cannot honour (the server restarted, or the grace ran out) keeps
         // the old id: peers that still hold a call with it then carry on. `resume` found no
         // member with this id in the room, so it cannot collide.
-        let taken = |id: &PeerId| self.rooms.get(&room_name).is_some_and(|r| r.members.iter().any(|m| &m.info.peer_id == id));
+        let taken =
+            |id: &PeerId| self.rooms.get(&room_name).is_some_and(|r| r.members.iter().any(|m| &m.info.peer_id == id));
         let peer_id = match resume {
             Some(r) => r.peer_id,
             // A claimed id may be anything, so a new one must be checked against them too.

@@ -339,10 +339,14 @@ fn a_lost_connection_is_held_silently_and_resumed_with_what_it_missed() {
     let (id, token, resumed) = joined_full(&out);
     assert_eq!((id, token.as_str(), resumed), (pa.clone(), ta.as_str(), true));
     match &out[0].msg {
-        ServerMsg::Joined { peers, .. } => assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Bob"]),
+        ServerMsg::Joined { peers, .. } => {
+            assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["Bob"])
+        }
         _ => unreachable!(),
     }
-    assert!(matches!(&out[1], Outbound { to, msg: ServerMsg::Signal { from, .. } } if to == &vec![C] && from == &"p2".into()));
+    assert!(
+        matches!(&out[1], Outbound { to, msg: ServerMsg::Signal { from, .. } } if to == &vec![C] && from == &"p2".into())
+    );
     assert!(matches!(&out[2].msg, ServerMsg::Chat { text, .. } if text == "hello?"));
     assert_eq!(out.len(), 3, "Bob is not told anything: he never saw Ada go");
     assert_eq!(r.room_of(C), Some("r"));

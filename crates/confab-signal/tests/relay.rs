@@ -236,7 +236,7 @@ async fn a_broken_connection_is_held_for_a_resume_with_what_it_missed() {
     let (pb, _, token) = b.join_with(json!({"type":"join","room":"r","name":"B"})).await;
     a.recv().await;
     drop(b); // no close frame: the TCP connection just ends
-    // A keeps talking to B, who is away: nothing bounces and nobody says B left.
+             // A keeps talking to B, who is away: nothing bounces and nobody says B left.
     a.send(json!({"type":"signal","to":pb,"data":{"candidate":null}})).await;
     a.send(json!({"type":"chat","text":"still there?"})).await;
     a.expect("own chat", |m| matches!(m, ServerMsg::Chat { .. })).await;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use confab_netsim::{Impairment, Relay};
 use serde_json::Value;
 
 pub const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
@@ -46,12 +47,8 @@ impl Peer {
             }
             None => Stdio::null(),
         };
-        let mut child = Command::new(PEER)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start confab-peer");
+        let mut child =
+            Command::new(PEER).args(args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("start confab-peer");
         let out = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -233,5 +230,44 @@ impl Drop for SignalProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+const SECRET: &str = "resilience";
+
+/// coturn, `confab-netsim` in front of it, and a signaling server that hands out the
+/// relay's address as the TURN server, all on loopback.
+pub struct RelayedSetup {
+    rt: tokio::runtime::Runtime,
+    pub relay: Relay,
+    signal: Option<confab_signal::ServerHandle>,
+    _turn: Turn,
+}
+
+impl RelayedSetup {
+    pub fn start(imp: Impairment) -> RelayedSetup {
+        let turn = Turn::start(SECRET);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let relay = rt.block_on(Relay::start("127.0.0.1:0".parse().unwrap(), turn.addr(), imp)).unwrap();
+        let ice = confab_signal::IceConfig {
+            stun: vec![],
+            turn: vec![format!("turn:{}?transport=udp", relay.local_addr())],
+            turn_secret: Some(SECRET.into()),
+            turn_ttl_s: 600,
+        };
+        let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ice, ..Default::default() };
+        let signal = rt.block_on(async { confab_signal::Server::bind(cfg).await.unwrap().spawn() });
+        RelayedSetup { rt, relay, signal: Some(signal), _turn: turn }
+    }
+
+    pub fn url(&self) -> String {
+        self.signal.as_ref().unwrap().ws_url()
+    }
+}
+
+impl Drop for RelayedSetup {
+    fn drop(&mut self) {
+        let _guard = self.rt.enter();
+        self.signal.take();
     }
 }
