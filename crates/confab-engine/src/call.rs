@@ -368,7 +368,18 @@ struct PeerSession {
     /// What the peer's receiver reports say about the path, and the video rate it allows.
     reports: rtcglue::LinkReports,
     rate: RateControl,
+    /// When this peer connection was built (`since` is the first attempt's time) and how many
+    /// were built before it that never connected.
+    built: Instant,
+    retries: u32,
 }
+
+/// A peer connection that has not come up this long is built anew by the offering side.
+/// webrtc-rs's DTLS handshake can wedge when a packet of a flight is lost (seen at 5 % loss:
+/// the server retransmits flight 4 eight times and gives up); a new connection starts the
+/// handshake afresh. ICE through a relay plus DTLS normally takes well under 2 s.
+const SETUP_RETRY: Duration = Duration::from_secs(4);
+const MAX_SETUP_RETRIES: u32 = 4;
 
 /// What to add to a connection failure when only TURN relays may be used: then the relay
 /// is the likely culprit.
@@ -716,6 +727,32 @@ impl CallTask {
         for id in restart {
             self.restart_ice(&id).await;
         }
+        // Setups that wedged: the offering side starts over (the other side follows when it
+        // sees the new DTLS fingerprint).
+        let wedged: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                link_up
+                    && !p.neg.polite
+                    && !p.health.ever_connected()
+                    && p.retries < MAX_SETUP_RETRIES
+                    && now.duration_since(p.built) >= SETUP_RETRY
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in wedged {
+            let Some(old) = self.peers.get(&id) else { continue };
+            let (info, since, retries, reported_stuck) = (old.info.clone(), old.since, old.retries, old.reported_stuck);
+            info!(peer = %id, retries, "connection setup stuck; starting it over");
+            self.remove_peer(&id).await;
+            self.add_peer(info, false).await;
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.since = since;
+                p.retries = retries + 1;
+                p.reported_stuck = reported_stuck;
+            }
+        }
     }
 
     /// Offers new ICE credentials to `id`: both sides gather on fresh sockets (new TURN
@@ -893,6 +930,8 @@ impl CallTask {
             health: PeerHealth::new(polite),
             reports,
             rate: RateControl::new(MIN_VIDEO_KBPS, video_kbps(&self.cfg)),
+            built: Instant::now(),
+            retries: 0,
         };
         if !polite {
             session.neg.offer_sent();

@@ -10,7 +10,7 @@
 //!    crossings of the impairment relay): freeze time per minute, WebRTC's definition
 //!    (target: under 1 s), plus what NACK left unrepaired.
 //!
-//! `cargo build --release -p confab-signal && cargo bench -p confab-peer --bench recovery -- [--secs 60] [--size 640x360]`
+//! `cargo build --release -p confab-signal && cargo bench -p confab-peer --bench recovery -- [--secs 60] [--size 640x360] [--only 123]`
 //!
 //! Figures, not assertions. Needs coturn (scripts/bootstrap).
 
@@ -146,7 +146,14 @@ fn lossy(size: &str, secs: f64) {
 fn main() {
     let secs: f64 = arg("--secs", "60").parse().expect("--secs N");
     let size = arg("--size", "640x360");
-    server_restart(&size);
-    path_cut(&size);
-    lossy(&size, secs);
+    let only = arg("--only", "123");
+    if only.contains('1') {
+        server_restart(&size);
+    }
+    if only.contains('2') {
+        path_cut(&size);
+    }
+    if only.contains('3') {
+        lossy(&size, secs);
+    }
 }
