@@ -742,15 +742,27 @@ impl CallTask {
             .map(|(id, _)| id.clone())
             .collect();
         for id in wedged {
-            let Some(old) = self.peers.get(&id) else { continue };
-            let (info, since, retries, reported_stuck) = (old.info.clone(), old.since, old.retries, old.reported_stuck);
-            info!(peer = %id, retries, "connection setup stuck; starting it over");
-            self.remove_peer(&id).await;
-            self.add_peer(info, false).await;
+            info!(peer = %id, "connection setup stuck; starting it over");
+            self.rebuild(&id, false).await;
             if let Some(p) = self.peers.get_mut(&id) {
-                p.since = since;
-                p.retries = retries + 1;
-                p.reported_stuck = reported_stuck;
+                p.retries += 1;
+            }
+        }
+    }
+
+    /// Replaces the peer connection to `id` with a new one (we offer unless `polite`),
+    /// keeping what the user was told: when the setup began (and whether it was reported
+    /// stuck), and, for a connection that had worked, that this is a reconnect.
+    async fn rebuild(&mut self, id: &PeerId, polite: bool) {
+        let Some(old) = self.peers.get(id) else { return };
+        let (info, since, retries, stuck) = (old.info.clone(), old.since, old.retries, old.reported_stuck);
+        let was_up = old.health.ever_connected();
+        self.remove_peer(id).await;
+        self.add_peer(info, polite).await;
+        if let Some(p) = self.peers.get_mut(id) {
+            (p.since, p.retries, p.reported_stuck) = (since, retries, stuck);
+            if was_up {
+                p.health = PeerHealth::replacing(polite, Instant::now());
             }
         }
     }
@@ -852,12 +864,7 @@ impl CallTask {
                         return; // its connection works (or is still coming up): keep it
                     }
                     // Ours is broken and it may have dropped its side: build a new one.
-                    let since = Instant::now();
-                    self.remove_peer(&peer.peer_id).await;
-                    self.add_peer(peer.clone(), false).await;
-                    if let Some(s) = self.peers.get_mut(&peer.peer_id) {
-                        s.health = PeerHealth::replacing(false, since);
-                    }
+                    self.rebuild(&peer.peer_id, false).await;
                     return;
                 }
                 self.emit(CallEvent::PeerJoined { peer: peer.clone() }).await;
@@ -988,14 +995,8 @@ impl CallTask {
                 // The other side built a new peer connection (it gave us up, or restarted):
                 // ours can never talk to it again, so build a new one to match.
                 info!(peer = %from, "the peer has a new connection; rebuilding ours");
-                let info = p.info.clone();
-                let since = Instant::now();
                 let polite = d.kind == SdpType::Offer;
-                self.remove_peer(&from).await;
-                self.add_peer(info, polite).await;
-                if let Some(s) = self.peers.get_mut(&from) {
-                    s.health = PeerHealth::replacing(polite, since);
-                }
+                self.rebuild(&from, polite).await;
                 if !polite {
                     return; // an answer from their new connection to our old offer: we re-offered
                 }
