@@ -1264,6 +1264,7 @@ async fn add_sender(
     let sender: Arc<dyn RtpSender> = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
     let media = if kind == RtpCodecKind::Video { send.video.clone() } else { send.audio.clone() };
     let keyframe = send.keyframe.clone();
+    let new_viewer = send.new_viewer.clone();
     let is_video = kind == RtpCodecKind::Video;
     let writer_track = track.clone();
     let writer = tokio::spawn(async move {
@@ -1284,8 +1285,8 @@ async fn add_sender(
         .unwrap_or(if is_video { rtcglue::VP8_PT } else { rtcglue::OPUS_PT });
         let mut rx = media.subscribe();
         if is_video {
-            // A new viewer needs a keyframe to start from.
-            keyframe.store(true, Relaxed);
+            // A new viewer needs a keyframe to start from, now (not rate-limited).
+            new_viewer.store(true, Relaxed);
         }
         loop {
             match rx.recv().await {

@@ -64,8 +64,10 @@ impl FrameSink for NoFrames {
 pub struct SendSide {
     pub video: broadcast::Sender<MediaPacket>,
     pub audio: broadcast::Sender<MediaPacket>,
-    /// Set by any peer's keyframe request (or a new connection); the encoder clears it.
+    /// Set by any peer's keyframe request; the encoder clears it (at most every 500 ms).
     pub keyframe: Arc<AtomicBool>,
+    /// Set when a peer connection starts sending: it needs a keyframe at once.
+    pub new_viewer: Arc<AtomicBool>,
     pub frames_encoded: Arc<AtomicU64>,
     /// What the encoder may send (kbit/s), set from the bandwidth estimates; 0 = as configured.
     pub video_budget_kbps: Arc<AtomicU32>,
@@ -77,6 +79,7 @@ impl SendSide {
             video: broadcast::channel(32).0,
             audio: broadcast::channel(64).0,
             keyframe: Arc::new(AtomicBool::new(true)),
+            new_viewer: Arc::new(AtomicBool::new(false)),
             frames_encoded: Arc::new(AtomicU64::new(0)),
             video_budget_kbps: Arc::new(AtomicU32::new(0)),
         }
@@ -189,7 +192,10 @@ impl VideoPipeline {
                     // congested path each keyframe is a burst that causes the next loss and the
                     // next request, a storm that starves everything else. A request that waits
                     // is kept and served when the interval is up.
-                    let key = if last_key.is_none_or(|t: Instant| t.elapsed() >= MIN_KEYFRAME_INTERVAL) {
+                    let key = if out.new_viewer.swap(false, Relaxed) {
+                        out.keyframe.store(false, Relaxed); // this one serves any request too
+                        true
+                    } else if last_key.is_none_or(|t: Instant| t.elapsed() >= MIN_KEYFRAME_INTERVAL) {
                         out.keyframe.swap(false, Relaxed)
                     } else {
                         false
