@@ -50,6 +50,11 @@ pub enum SignalEvent {
     Closed(Option<String>),
 }
 
+/// How often the socket task checks that the server is still there (and pings it).
+const SILENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// A server silent this long is taken as gone.
+const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -101,8 +106,22 @@ pub async fn connect(
     let (in_tx, in_rx) = mpsc::channel::<SignalEvent>(1024);
     tokio::spawn(async move {
         let (mut sink, mut stream) = ws.split();
+        // confab-signal pings every 10 s: a link silent for longer than this is dead even if
+        // TCP has not noticed (a network that vanished without a reset), and the call should
+        // start reconnecting now rather than after TCP's minutes of retries.
+        let mut last_heard = tokio::time::Instant::now();
+        let mut check = tokio::time::interval(SILENCE_CHECK);
         let reason = loop {
             tokio::select! {
+                _ = check.tick() => {
+                    if last_heard.elapsed() >= MAX_SILENCE {
+                        break Some(format!("nothing from the server for {} s", MAX_SILENCE.as_secs()));
+                    }
+                    // Our own ping: a reply counts as life even from a server that does not ping.
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        break Some(format!("send failed: {e}"));
+                    }
+                }
                 out = out_rx.recv() => match out {
                     Some(m) => {
                         if let Err(e) = sink.send(Message::text(encode(&m))).await {
@@ -115,7 +134,7 @@ pub async fn connect(
                         return;
                     }
                 },
-                frame = stream.next() => match frame {
+                frame = stream.next() => match frame.inspect(|_| last_heard = tokio::time::Instant::now()) {
                     Some(Ok(Message::Text(t))) => match decode_server(t.as_bytes()) {
                         Ok(m) => {
                             if in_tx.send(SignalEvent::Msg(m)).await.is_err() {
