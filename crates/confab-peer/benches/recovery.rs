@@ -8,9 +8,11 @@
 //!    time from the cut until pictures move again, by ICE restart (target: under 5 s);
 //! 3. 5 % loss and 80 +/- 20 ms delay end to end (2.5 % and 40 +/- 10 ms at each of the two
 //!    crossings of the impairment relay): freeze time per minute, WebRTC's definition
-//!    (target: under 1 s), plus what NACK left unrepaired.
+//!    (target: under 1 s), plus what NACK left unrepaired;
+//! 4. an 800 kbit/s bottleneck with a 200 ms queue shared by both peers: how much the
+//!    bottleneck still drops once the senders adapted, and the latency left standing.
 //!
-//! `cargo build --release -p confab-signal && cargo bench -p confab-peer --bench recovery -- [--secs 60] [--size 640x360] [--only 123]`
+//! `cargo build --release -p confab-signal && cargo bench -p confab-peer --bench recovery -- [--secs 60] [--size 640x360] [--only 1234]`
 //!
 //! Figures, not assertions. Needs coturn (scripts/bootstrap).
 
@@ -143,10 +145,42 @@ fn lossy(size: &str, secs: f64) {
     }
 }
 
+fn bottleneck(size: &str) {
+    let imp = Impairment { rate_kbps: 800, queue_ms: 200, ..Default::default() };
+    let setup = RelayedSetup::start(imp);
+    let args = ["--ice-policy", "relay", "--duration", "30", "--size", size];
+    let a = Peer::start(&setup.url(), "bench-narrow", "Ada", &args);
+    let b = Peer::start(&setup.url(), "bench-narrow", "Bob", &args);
+    first_frame(&a);
+    first_frame(&b);
+    std::thread::sleep(Duration::from_secs(15));
+    let mid = setup.relay.handle().stats();
+    let (_, a_lines) = a.finish();
+    let (_, b_lines) = b.finish();
+    let end = setup.relay.handle().stats();
+    let dropped = (end.to_upstream.dropped + end.to_client.dropped) - (mid.to_upstream.dropped + mid.to_client.dropped);
+    let passed =
+        (end.to_upstream.forwarded + end.to_client.forwarded) - (mid.to_upstream.forwarded + mid.to_client.forwarded);
+    println!(
+        "4. 800 kbit/s bottleneck, 200 ms queue, shared by both ({size}): last ~12 s, {:.1} % of packets dropped",
+        100.0 * dropped as f64 / (dropped + passed).max(1) as f64
+    );
+    for (who, p) in both(&a_lines, &b_lines) {
+        println!(
+            "   {who}: received {:.0} kbit/s, latency {}, freezes {} ms, own video budget {} (lowest {}) kbit/s",
+            p["bitrate_in_kbps"].as_f64().unwrap_or(0.0),
+            p["latency_ms"],
+            p["freeze_ms"],
+            p["video_budget_kbps"],
+            p["min_video_budget_kbps"]
+        );
+    }
+}
+
 fn main() {
     let secs: f64 = arg("--secs", "60").parse().expect("--secs N");
     let size = arg("--size", "640x360");
-    let only = arg("--only", "123");
+    let only = arg("--only", "1234");
     if only.contains('1') {
         server_restart(&size);
     }
@@ -155,5 +189,8 @@ fn main() {
     }
     if only.contains('3') {
         lossy(&size, secs);
+    }
+    if only.contains('4') {
+        bottleneck(&size);
     }
 }

@@ -193,6 +193,8 @@ struct PeerSummary {
     /// The last video rate the path to this peer allowed, and our budget then (kbit/s).
     path_kbps: u32,
     video_budget_kbps: u32,
+    /// The lowest budget during the call (0 before the first stats).
+    min_video_budget_kbps: u32,
     /// Received bitrate (kbit/s), mean over the last 5 s of stats.
     bitrate_in_kbps: f64,
     #[serde(skip)]
@@ -362,6 +364,9 @@ fn update(summaries: &mut BTreeMap<PeerId, PeerSummary>, stats: &PeerStats) {
         s.audio_packets_received = s.audio_packets_received.max(stats.audio_packets_received);
         s.path_kbps = stats.path_kbps;
         s.video_budget_kbps = stats.video_budget_kbps;
+        if s.min_video_budget_kbps == 0 || stats.video_budget_kbps < s.min_video_budget_kbps {
+            s.min_video_budget_kbps = stats.video_budget_kbps;
+        }
         if stats.bitrate_in_kbps > 0.0 {
             s.recent_in.push_back(stats.bitrate_in_kbps);
             if s.recent_in.len() > 5 {
