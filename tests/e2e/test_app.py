@@ -129,7 +129,8 @@ def test_server_crash_shows_a_banner_while_the_call_goes_on(app_factory, peers):
     url = f"ws://127.0.0.1:{port}/ws"
 
     def start_signal():
-        proc = subprocess.Popen([str(SIGNAL), "--listen", f"127.0.0.1:{port}"],
+        # The same resume secret across the restart: everyone keeps their peer id.
+        proc = subprocess.Popen([str(SIGNAL), "--listen", f"127.0.0.1:{port}", "--resume-secret", "e2e"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
         return proc

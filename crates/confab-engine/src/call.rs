@@ -640,7 +640,11 @@ impl CallTask {
         let resume = Resume { peer_id: self.me.clone(), token: self.token.clone() };
         Rejoin(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            handshake(&cfg, Some(resume)).await
+            // The whole attempt is bounded (TCP, TLS and WebSocket handshakes included): a
+            // server that accepts and then says nothing must not stall reconnecting.
+            tokio::time::timeout(Duration::from_secs(15), handshake(&cfg, Some(resume)))
+                .await
+                .unwrap_or_else(|_| Err(CallError::Closed(Some("no answer within 15 s".into()))))
         }))
     }
 

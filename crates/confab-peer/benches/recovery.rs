@@ -49,7 +49,8 @@ fn both(a: &[Value], b: &[Value]) -> [(String, Value); 2] {
 
 fn server_restart(size: &str) {
     let port = free_port();
-    let signal = SignalProcess::start(port, &[]);
+    let secret = ["--resume-secret", "kept across restarts"];
+    let signal = SignalProcess::start(port, &secret);
     let url = signal.url();
     let a = Peer::start(&url, "bench-crash", "Ada", &["--duration", "14", "--size", size]);
     let b = Peer::start(&url, "bench-crash", "Bob", &["--duration", "14", "--size", size]);
@@ -63,7 +64,7 @@ fn server_restart(size: &str) {
     let down = std::time::Instant::now();
     // Down for a second, as a restart by systemd would be.
     std::thread::sleep(Duration::from_secs(1));
-    let _signal = SignalProcess::start(port, &[]);
+    let _signal = SignalProcess::start(port, &secret);
     let mut back = Vec::new();
     for p in [&a, &b] {
         let v = p.wait_for("reconnected", Duration::from_secs(15), server_link("reconnected"));

@@ -39,7 +39,9 @@ fn tone_heard(p: &Value, hz: f64) {
 fn a_call_survives_the_server_crashing_and_restarting() {
     let _one = ONE_CALL_AT_A_TIME.blocking_lock();
     let port = free_port();
-    let signal = SignalProcess::start(port, &[]);
+    // The same resume secret across the restart: clients get their ids back.
+    let secret = ["--resume-secret", "kept across restarts"];
+    let signal = SignalProcess::start(port, &secret);
     let url = signal.url();
     let a = Peer::start(&url, "crash", "Ada", &["--audio", "synthetic:440", "--duration", "14", "--chat-at", "9:back"]);
     let b = Peer::start(&url, "crash", "Bob", &["--audio", "synthetic:660", "--duration", "14"]);
@@ -49,7 +51,7 @@ fn a_call_survives_the_server_crashing_and_restarting() {
     for p in [&a, &b] {
         p.wait_for("reconnecting to the server", Duration::from_secs(5), server_link("reconnecting"));
     }
-    let _signal = SignalProcess::start(port, &[]);
+    let _signal = SignalProcess::start(port, &secret);
     for p in [&a, &b] {
         p.wait_for("back with the server", Duration::from_secs(10), server_link("reconnected"));
     }
@@ -62,6 +64,8 @@ fn a_call_survives_the_server_crashing_and_restarting() {
         assert!(p["frames_decoded"].as_u64().unwrap() > 300, "{p}");
         tone_heard(p, hz);
         assert!(dropped_early(lines, other).is_empty(), "nobody left: {:?}", dropped_early(lines, other));
+        // Back under the same id: one peer in the summary (it is keyed by peer id).
+        assert_eq!(summary(lines)["peers"].as_array().unwrap().len(), 1, "{}", summary(lines));
         assert!(events(lines, "error").is_empty(), "{:?}", events(lines, "error"));
     }
     // Both are in the restarted server's room: a chat sent after the restart arrives.

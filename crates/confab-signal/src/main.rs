@@ -42,6 +42,11 @@ struct Cli {
     /// (0: remove at once). Peers that really left are gone from their rooms after this.
     #[arg(long, env = "CONFAB_RESUME_GRACE", default_value_t = 8.0)]
     resume_grace: f64,
+    /// Secret for resume tokens (any string; keep it across restarts). With it, clients get
+    /// their peer ids back after a restart and calls carry on untouched; without it a
+    /// restart gives everyone new ids and calls rebuild their connections.
+    #[arg(long, env = "CONFAB_RESUME_SECRET", hide_env_values = true)]
+    resume_secret: Option<String>,
     /// Frames queued for one client before it is cut off as not reading.
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE", default_value_t = 256)]
     outbound_queue: usize,
@@ -152,6 +157,7 @@ fn main() -> Result<()> {
         ping_interval: seconds("ping-interval", cli.ping_interval)?,
         idle_timeout: seconds("idle-timeout", cli.idle_timeout)?,
         outbound_queue: cli.outbound_queue.max(1),
+        resume_secret: cli.resume_secret.clone(),
         resume_grace: if cli.resume_grace == 0.0 { Duration::ZERO } else { seconds("resume-grace", cli.resume_grace)? },
         tls: identity.as_ref().map(|i| i.config.clone()),
         ice: IceConfig { stun: cli.stun, turn: cli.turn, turn_secret: cli.turn_secret, turn_ttl_s: cli.turn_ttl },

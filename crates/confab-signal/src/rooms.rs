@@ -44,6 +44,10 @@ pub struct RoomsConfig {
     /// How long the place of a peer whose connection broke (no close frame, no `leave`) is
     /// held for a `resume`. Zero removes it at once.
     pub resume_grace_ms: u64,
+    /// Key of the resume tokens: a token is a MAC of room and peer id, so a server started
+    /// again with the same key still recognises the clients it had (and nobody else can
+    /// claim their ids). Random by default: then a restart gives everyone new ids.
+    pub resume_key: Vec<u8>,
 }
 
 /// A place held for an away peer stops queueing beyond this many messages and is given up
@@ -57,21 +61,31 @@ impl Default for RoomsConfig {
             ice: IceConfig::default(),
             new_peer_id: Box::new(random_peer_id),
             resume_grace_ms: 8_000,
+            resume_key: rand::random::<[u8; 32]>().to_vec(),
         }
     }
 }
 
 /// 128 random bits, base64url (22 characters): unguessable, so holding another peer's id
-/// grants nothing, and it is never chosen by a client.
+/// grants nothing, and it is never chosen by a client (a resume can only reclaim an id with
+/// its token).
 pub fn random_peer_id() -> PeerId {
-    PeerId(random_token())
-}
-
-/// 128 random bits, base64url (22 characters).
-fn random_token() -> String {
     use base64::Engine;
     let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    PeerId(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The resume token of `peer` in `room`: HMAC-SHA256 under the server's resume key, first
+/// 128 bits, base64url. The same for every join of that id in that room, so a client whose
+/// `joined` got lost can still use the token it had.
+pub fn resume_token(key: &[u8], room: &str, peer: &PeerId) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(room.as_bytes());
+    mac.update(b"\n");
+    mac.update(peer.as_str().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
 }
 
 struct Member {
@@ -293,11 +307,16 @@ impl Rooms {
             }
         }
         // A resume the room cannot honour (the server restarted, or the grace ran out) keeps
-        // the old id: peers that still hold a call with it then carry on. `resume` found no
-        // member with this id in the room, so it cannot collide.
+        // the old id if its token proves it: peers that still hold a call with it then carry
+        // on. `resume` found no member with this id in the room, so it cannot collide. A
+        // token that proves nothing gets a new id, like a plain join.
         let taken =
             |id: &PeerId| self.rooms.get(&room_name).is_some_and(|r| r.members.iter().any(|m| &m.info.peer_id == id));
-        let peer_id = match resume {
+        let proven = resume.filter(|r| {
+            let want = resume_token(&self.cfg.resume_key, &room_name, &r.peer_id);
+            constant_time_eq(want.as_bytes(), r.token.as_bytes())
+        });
+        let peer_id = match proven {
             Some(r) => r.peer_id,
             // A claimed id may be anything, so a new one must be checked against them too.
             None => loop {
@@ -308,7 +327,7 @@ impl Rooms {
             },
         };
         let info = PeerInfo { peer_id: peer_id.clone(), name, muted: false, camera: true };
-        let token = random_token();
+        let token = resume_token(&self.cfg.resume_key, &room_name, &peer_id);
         let room = self.rooms.entry(room_name.clone()).or_insert_with(|| Room { password, members: Vec::new() });
         let peers: Vec<PeerInfo> = room.members.iter().map(|m| m.info.clone()).collect();
         let mut out = room.fanout(None, ServerMsg::PeerJoined { peer: info.clone() });

@@ -15,7 +15,14 @@ fn rooms(max_peers: usize) -> Rooms {
             PeerId(format!("p{n}"))
         }),
         resume_grace_ms: GRACE,
+        resume_key: KEY.to_vec(),
     })
+}
+
+const KEY: &[u8] = b"test key";
+
+fn token_for(room: &str, id: &str) -> String {
+    resume_token(KEY, room, &PeerId::from(id))
 }
 
 fn join(room: &str, name: &str) -> ClientMsg {
@@ -299,6 +306,7 @@ fn turn_credentials_per_peer_in_joined() {
         },
         new_peer_id: Box::new(|| PeerId("me".into())),
         resume_grace_ms: GRACE,
+        resume_key: KEY.to_vec(),
     });
     let out = r.handle(A, join("r", "Ada"), 1_000_000);
     match &out[0].msg {
@@ -399,20 +407,30 @@ fn resume_while_the_old_connection_looks_alive_moves_the_place() {
 
 #[test]
 fn after_a_server_restart_a_resume_rebuilds_the_room_with_the_same_ids() {
-    // A fresh server knows no token: the claimed id is granted because the room has no such
-    // member, and the others see it join like anyone else.
+    // A server started again with the same key has no rooms, but recognises its tokens: the
+    // claimed id is granted (the room has no such member), and the others see it join like
+    // anyone else.
     let mut r = rooms(4);
-    let (id, token, resumed) = joined_full(&r.handle(A, resume("r", "old-ada", "old-token"), 0));
+    let ada_token = token_for("r", "old-ada");
+    let (id, token, resumed) = joined_full(&r.handle(A, resume("r", "old-ada", &ada_token), 0));
     assert_eq!((id.as_str(), resumed), ("old-ada", false));
-    assert_ne!(token, "old-token", "a fresh place gets a fresh token");
-    let out = r.handle(B, resume("r", "old-bob", "t"), 1);
+    assert_eq!(token, ada_token, "tokens are the same for every join of that id in that room");
+    let out = r.handle(B, resume("r", "old-bob", &token_for("r", "old-bob")), 1);
     assert_eq!(joined_full(&out).0, PeerId::from("old-bob"));
     assert!(matches!(&out[1].msg, ServerMsg::PeerJoined { peer } if peer.peer_id.as_str() == "old-bob"));
+    // Nobody else can claim an id: without its token (or with one from another room) the
+    // join succeeds under a new id.
+    let (id, _, _) = joined_full(&r.handle(C, resume("r", "old-carl", "made-up"), 2));
+    assert_ne!(id.as_str(), "old-carl");
+    let (id, _, _) = joined_full(&r.handle(D, resume("r", "old-dan", &token_for("other", "old-dan")), 2));
+    assert_ne!(id.as_str(), "old-dan");
     // The usual rules still apply to a fresh place.
-    r.handle(C, ClientMsg::Leave, 2);
     let mut locked = rooms(4);
     locked.handle(A, join_pw("x", "pw"), 0);
-    assert_eq!(err_code(&locked.handle(B, resume("x", "old", "t"), 0)), Some(ErrorCode::Unauthorized));
+    assert_eq!(
+        err_code(&locked.handle(B, resume("x", "old", &token_for("x", "old")), 0)),
+        Some(ErrorCode::Unauthorized)
+    );
 }
 
 #[test]

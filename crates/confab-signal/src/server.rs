@@ -69,6 +69,9 @@ pub struct Config {
     /// How long the room place of a client whose connection broke (no close frame) is kept
     /// for a `resume`.
     pub resume_grace: Duration,
+    /// Secret for resume tokens. Set it (and keep it) so that clients keep their peer ids,
+    /// and calls their connections, across a restart; `None` picks a random one per start.
+    pub resume_secret: Option<String>,
     /// WebSocket frames over this many bytes close the connection (code 1009). Frames
     /// between the protocol limit (64 KiB) and this get a `too_large` error instead, so a
     /// confused client learns why.
@@ -93,6 +96,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(20),
             outbound_queue: 256,
             resume_grace: Duration::from_secs(8),
+            resume_secret: None,
             ws_max_frame: 1 << 20,
             tls: None,
             ice: IceConfig::default(),
@@ -176,6 +180,10 @@ impl Server {
             max_peers: cfg.max_peers,
             ice: cfg.ice.clone(),
             resume_grace_ms: cfg.resume_grace.as_millis() as u64,
+            resume_key: match &cfg.resume_secret {
+                Some(s) => s.as_bytes().to_vec(),
+                None => rand::random::<[u8; 32]>().to_vec(),
+            },
             ..Default::default()
         });
         let shared = Arc::new(Shared {
