@@ -252,6 +252,7 @@ impl Call {
         let playout = PlayoutThread::start(sink, audio_map.clone());
         let _ = ev_tx.send(CallEvent::Joined { peer_id: me.clone(), room, max_peers, peers: peers.clone() }).await;
         let rtc = RtcSettings { ice_servers, policy: cfg.ice_policy, udp_bind: cfg.udp_bind.clone() };
+        let wanted_kbps = video_kbps(&cfg);
         let mut task = CallTask {
             cfg,
             me: me.clone(),
@@ -261,6 +262,7 @@ impl Call {
             link_down_since: None,
             reconnect_attempt: 0,
             roster: peers.iter().map(|p| (p.peer_id.clone(), p.clone())).collect(),
+            wanted_kbps,
             ev_tx,
             pc_tx,
             rtc,
@@ -510,6 +512,8 @@ struct CallTask {
     /// Everyone the server says is in the room (a peer we gave up on stays here, so that it
     /// can come back).
     roster: HashMap<PeerId, PeerInfo>,
+    /// The video bitrate asked for (kbit/s): the ceiling of every peer's rate control.
+    wanted_kbps: u32,
     ev_tx: mpsc::Sender<CallEvent>,
     pc_tx: mpsc::Sender<(PeerId, PcEvent)>,
     rtc: RtcSettings,
@@ -700,7 +704,7 @@ impl CallTask {
     /// encoder within what the paths carry.
     async fn repair(&mut self) {
         // One encoding feeds every peer, so the slowest path sets the rate.
-        let mut budget = video_kbps(&self.cfg);
+        let mut budget = self.wanted_kbps;
         for p in self.peers.values_mut() {
             for r in std::mem::take(&mut *p.reports.lock().expect("reports lock")) {
                 p.rate.on_report(r);
@@ -940,7 +944,7 @@ impl CallTask {
             reported_stuck: false,
             health: PeerHealth::new(polite),
             reports,
-            rate: RateControl::new(MIN_VIDEO_KBPS, video_kbps(&self.cfg)),
+            rate: RateControl::new(MIN_VIDEO_KBPS, self.wanted_kbps),
             built: Instant::now(),
             retries: 0,
         };

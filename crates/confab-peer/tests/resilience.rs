@@ -30,6 +30,13 @@ fn dropped_early<'a>(lines: &'a [Value], other: &[Value]) -> Vec<&'a Value> {
     events(lines, "peer_left").into_iter().filter(|e| e["at_ms"].as_u64().unwrap_or(0) < left_at).collect()
 }
 
+/// Ada (440 Hz) and Bob (660 Hz) join `room` with `args`; the checks read which tone each hears.
+fn ada_and_bob(url: &str, room: &str, args: &[&str]) -> (Peer, Peer) {
+    let a = Peer::start(url, room, "Ada", &[args, &["--audio", "synthetic:440"]].concat());
+    let b = Peer::start(url, room, "Bob", &[args, &["--audio", "synthetic:660"]].concat());
+    (a, b)
+}
+
 fn tone_heard(p: &Value, hz: f64) {
     let tone = p["audio_tone_hz"].as_f64().unwrap_or_else(|| panic!("no tone heard: {p}"));
     assert!((tone - hz).abs() < 2.0, "heard {tone} Hz, sent {hz} Hz: {p}");
@@ -79,8 +86,7 @@ fn ice_restart_brings_media_back_after_the_relay_path_dies() {
     let _one = ONE_CALL_AT_A_TIME.blocking_lock();
     let setup = RelayedSetup::start(Impairment::default());
     let relay_only = ["--ice-policy", "relay", "--duration", "16"];
-    let a = Peer::start(&setup.url(), "cut", "Ada", &[&relay_only[..], &["--audio", "synthetic:440"]].concat());
-    let b = Peer::start(&setup.url(), "cut", "Bob", &[&relay_only[..], &["--audio", "synthetic:660"]].concat());
+    let (a, b) = ada_and_bob(&setup.url(), "cut", &relay_only);
     first_frame(&a);
     first_frame(&b);
     // Every flow through the relay dies, as when a NAT binding or a relay port goes away.
@@ -118,8 +124,7 @@ fn video_and_audio_keep_flowing_through_loss_delay_and_jitter() {
     let imp = Impairment { loss: 0.025, delay_ms: 40, jitter_ms: 10, ..Default::default() };
     let setup = RelayedSetup::start(imp);
     let args = ["--ice-policy", "relay", "--duration", "15", "--size", "640x360"];
-    let a = Peer::start(&setup.url(), "lossy", "Ada", &[&args[..], &["--audio", "synthetic:440"]].concat());
-    let b = Peer::start(&setup.url(), "lossy", "Bob", &[&args[..], &["--audio", "synthetic:660"]].concat());
+    let (a, b) = ada_and_bob(&setup.url(), "lossy", &args);
     let (a_ok, a_lines) = a.finish();
     let (b_ok, b_lines) = b.finish();
     let stats = setup.relay.handle().stats();
@@ -147,8 +152,7 @@ fn the_sender_backs_off_to_what_a_bottleneck_carries() {
     let imp = Impairment { rate_kbps: 800, queue_ms: 200, ..Default::default() };
     let setup = RelayedSetup::start(imp);
     let args = ["--ice-policy", "relay", "--duration", "20", "--size", "640x360"];
-    let a = Peer::start(&setup.url(), "narrow", "Ada", &[&args[..], &["--audio", "synthetic:440"]].concat());
-    let b = Peer::start(&setup.url(), "narrow", "Bob", &[&args[..], &["--audio", "synthetic:660"]].concat());
+    let (a, b) = ada_and_bob(&setup.url(), "narrow", &args);
     let (a_ok, a_lines) = a.finish();
     let (b_ok, b_lines) = b.finish();
     let stats = setup.relay.handle().stats();
