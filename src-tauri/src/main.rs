@@ -9,11 +9,11 @@ mod frames;
 mod settings;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use confab_engine::devices::{self, AudioSpec, DeviceInfo, DeviceKind, SinkSpec, VideoSpec};
+use confab_engine::worker::Worker;
 use confab_engine::{Call, CallConfig, CallController, CallEvent, DecodedFrame, FrameSink};
 use confab_proto::{limits, PeerId};
 use frames::FrameForwarder;
@@ -42,17 +42,13 @@ struct Active {
     pump: tauri::async_runtime::JoinHandle<()>,
 }
 
-struct Preview {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
 struct AppState {
     cli: Cli,
     config_dir: PathBuf,
     settings: Mutex<Settings>,
     call: tokio::sync::Mutex<Option<Active>>,
-    preview: Mutex<Option<Preview>>,
+    /// The join screen's camera preview.
+    preview: Mutex<Option<Worker>>,
     /// Where frames go now (the preview's or the call's forwarder).
     frames: Mutex<Option<Arc<FrameForwarder>>>,
     builtin: tokio::sync::Mutex<builtin::BuiltIn>,
@@ -99,13 +95,12 @@ fn save_settings(state: State<'_, AppState>, settings: Settings) -> Result<(), S
     Ok(())
 }
 
+/// The camera the page chose; with synthetic devices on, the default camera of a machine
+/// that has none is the synthetic one.
 fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
-    match id {
-        "none" => VideoSpec::None,
-        "synthetic" => VideoSpec::Synthetic,
-        "" if synthetic && devices::camera::list().is_empty() => VideoSpec::Synthetic,
-        "" => VideoSpec::Camera(None),
-        id => VideoSpec::Camera(Some(id.into())),
+    match VideoSpec::from_device_id(id) {
+        VideoSpec::Camera(None) if synthetic && devices::camera::list().is_empty() => VideoSpec::Synthetic,
+        spec => spec,
     }
 }
 
@@ -123,31 +118,26 @@ fn start_preview(
     };
     let fwd = Arc::new(FrameForwarder::new(frames));
     *state.frames.lock().unwrap() = Some(fwd.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("preview".into())
-        .spawn(move || {
-            let me = PeerId(confab_engine::SELF_TILE.into());
-            while !stop2.load(Ordering::Relaxed) {
-                match source.next_frame() {
-                    Ok(Some(f)) => {
-                        fwd.on_frame(&me, &DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms })
-                    }
-                    _ => break,
+    let preview = Worker::spawn("preview", move |stop| {
+        let me = PeerId(confab_engine::SELF_TILE.into());
+        while !stop.is_set() {
+            match source.next_frame() {
+                Ok(Some(f)) => {
+                    fwd.on_frame(&me, &DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms })
                 }
+                _ => break,
             }
-        })
-        .map_err(|e| e.to_string())?;
-    *state.preview.lock().unwrap() = Some(Preview { stop, thread });
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    *state.preview.lock().unwrap() = Some(preview);
     Ok(())
 }
 
 fn stop_preview_inner(state: &AppState) {
-    if let Some(p) = state.preview.lock().unwrap().take() {
-        p.stop.store(true, Ordering::Relaxed);
-        let _ = p.thread.join();
-    }
+    let preview = state.preview.lock().unwrap().take();
+    // Dropping the worker stops the preview thread and waits for it (the camera closes).
+    drop(preview);
 }
 
 #[tauri::command]
@@ -222,18 +212,16 @@ async fn join(
         audio_only = true;
     }
     let has = |kind: DeviceKind| devices_for(false).iter().any(|d| d.kind == kind);
-    let audio = match req.microphone.as_str() {
-        "none" => AudioSpec::None,
-        "synthetic" => AudioSpec::Synthetic(440.0),
-        "" if has(DeviceKind::Microphone) => AudioSpec::Mic(None),
-        "" if state.synthetic => AudioSpec::Synthetic(440.0),
-        "" => AudioSpec::None,
-        id => AudioSpec::Mic(Some(id.into())),
+    // The default microphone or speaker of a machine that has none: the synthetic tone if
+    // allowed, else silence; the call goes on either way.
+    let audio = match AudioSpec::from_device_id(&req.microphone) {
+        AudioSpec::Mic(None) if !has(DeviceKind::Microphone) && state.synthetic => AudioSpec::Synthetic(440.0),
+        AudioSpec::Mic(None) if !has(DeviceKind::Microphone) => AudioSpec::None,
+        spec => spec,
     };
-    let sink = match req.speaker.as_str() {
-        "" if has(DeviceKind::Speaker) => SinkSpec::Speaker(None),
-        "" | "null" | "none" => SinkSpec::Null,
-        id => SinkSpec::Speaker(Some(id.into())),
+    let sink = match SinkSpec::from_device_id(&req.speaker) {
+        SinkSpec::Speaker(None) if !has(DeviceKind::Speaker) => SinkSpec::Null,
+        spec => spec,
     };
 
     let mut cfg = CallConfig::new(url.clone(), room.clone(), name.clone());
@@ -380,13 +368,7 @@ fn main() {
     {
         std::env::set_var("WEBKIT_DISABLE_COMPOSITING_MODE", "1");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(confab_engine::DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    confab_engine::init_logging();
     let synthetic = std::env::var("CONFAB_SYNTHETIC_DEVICES").map(|v| v == "1").unwrap_or(false);
     let udp_bind = std::env::var("CONFAB_UDP_BIND").unwrap_or_else(|_| "0.0.0.0".into());
     let app = tauri::Builder::default()

@@ -27,11 +27,11 @@ use crate::bwe::RateControl;
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSpec, SinkSpec, VideoSpec};
 use crate::media::{
-    AudioPipeline, FrameSink, MediaPacket, PeerAudio, PeerAudioMap, PeerMediaStats, PlayoutThread, SendSide,
+    AudioPipeline, AudioPlayoutThread, FrameSink, MediaPacket, PeerAudio, PeerAudioMap, PeerMediaStats, SendSide,
     VideoDecodeThread, VideoPipeline,
 };
 use crate::negotiation::{Negotiation, OfferAction};
-use crate::playout::Playout;
+use crate::playout::VideoPlayout;
 use crate::recovery::{self, Change, PeerHealth, Repair};
 use crate::rtc::{self as rtcglue, IcePolicy, PcEvent, RtcSettings};
 use crate::signaling::{self, SignalEvent, TlsOptions};
@@ -59,13 +59,10 @@ pub struct CallConfig {
     pub udp_bind: Vec<String>,
     /// Extra ICE servers besides those the signaling server hands out.
     pub extra_ice_servers: Vec<IceServer>,
-    /// Also hand captured local frames to the frame sink, as peer [`SELF_TILE`] (the UI's
+    /// Also hand captured local frames to the frame sink, as peer [`crate::SELF_TILE`] (the UI's
     /// self view).
     pub self_view: bool,
 }
-
-/// The peer id under which local frames reach the frame sink when `self_view` is on.
-pub const SELF_TILE: &str = "self";
 
 impl CallConfig {
     pub fn new(server: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
@@ -249,7 +246,7 @@ impl Call {
         let mut ice_servers = ice;
         ice_servers.extend(cfg.extra_ice_servers.iter().cloned());
         let audio_map: PeerAudioMap = Arc::new(Mutex::new(HashMap::new()));
-        let playout = PlayoutThread::start(sink, audio_map.clone());
+        let playout = AudioPlayoutThread::start(sink, audio_map.clone());
         let _ = ev_tx.send(CallEvent::Joined { peer_id: me.clone(), room, max_peers, peers: peers.clone() }).await;
         let rtc = RtcSettings { ice_servers, policy: cfg.ice_policy, udp_bind: cfg.udp_bind.clone() };
         let wanted_kbps = video_kbps(&cfg);
@@ -521,7 +518,7 @@ struct CallTask {
     send: SendSide,
     video: Option<VideoPipeline>,
     audio: Option<AudioPipeline>,
-    _playout: PlayoutThread,
+    _playout: AudioPlayoutThread,
     audio_map: PeerAudioMap,
     muted: Arc<AtomicBool>,
     camera_on: bool,
@@ -1345,7 +1342,7 @@ async fn receive_video(
     let epoch = Instant::now();
     let mut gave_up = tokio::time::interval(Duration::from_millis(50));
     let mut last_pli = Instant::now() - Duration::from_secs(1);
-    let mut playout = Playout::new();
+    let mut playout = VideoPlayout::new();
     // Complete frames waiting for their time (see `playout`), in order.
     let mut held: VecDeque<(u64, Vp8Frame)> = VecDeque::new();
     let decode = |f: Vp8Frame| {

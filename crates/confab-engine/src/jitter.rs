@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::rtp_unwrap::Unwrapper;
+
 /// One playout tick's worth of audio.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Playout {
+pub enum AudioTick {
     /// The packet due now.
     Packet(Vec<u8>),
     /// The packet due now was lost; `next` (if here) lets Opus rebuild it from FEC.
@@ -31,8 +33,7 @@ pub struct JitterBuffer {
     packets: BTreeMap<u64, Vec<u8>>,
     /// Extended sequence number of the next frame to play.
     next: Option<u64>,
-    /// Highest extended sequence number seen (for unwrapping).
-    highest: Option<u64>,
+    seq: Unwrapper,
     playing: bool,
     /// Ticks in a row with nothing at all buffered.
     starved: u32,
@@ -60,7 +61,7 @@ impl JitterBuffer {
         JitterBuffer {
             packets: BTreeMap::new(),
             next: None,
-            highest: None,
+            seq: Unwrapper::sequence(),
             playing: false,
             starved: 0,
             jitter_ms: 0.0,
@@ -91,25 +92,11 @@ impl JitterBuffer {
         }
     }
 
-    fn unwrap_seq(&mut self, seq: u16) -> u64 {
-        let ext = match self.highest {
-            None => seq as u64 + (1 << 16),
-            Some(h) => {
-                let base = h & !0xFFFF;
-                let candidates =
-                    [base.wrapping_sub(1 << 16) | seq as u64, base | seq as u64, (base + (1 << 16)) | seq as u64];
-                *candidates.iter().min_by_key(|c| c.abs_diff(h)).expect("three candidates")
-            }
-        };
-        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
-        ext
-    }
-
     /// A packet arrived at `now_ms` with RTP sequence number `seq` and timestamp `rtp_ts`
     /// (48 kHz clock).
     pub fn push(&mut self, seq: u16, rtp_ts: u32, payload: Vec<u8>, now_ms: f64) {
         self.stats.received += 1;
-        let ext = self.unwrap_seq(seq);
+        let ext = self.seq.extend(seq as u64);
         // RFC 3550 interarrival jitter, in ms.
         let transit = now_ms - rtp_ts as f64 / 48.0;
         if let Some(last) = self.last_transit {
@@ -131,13 +118,13 @@ impl JitterBuffer {
     }
 
     /// Takes the frame due at this playout tick.
-    pub fn pop(&mut self) -> Playout {
+    pub fn pop(&mut self) -> AudioTick {
         if !self.playing {
             if self.packets.len() >= self.target_frames() {
                 self.playing = true;
                 self.next = self.packets.keys().next().copied();
             } else {
-                return Playout::Silence;
+                return AudioTick::Silence;
             }
         }
         let next = self.next.expect("playing implies a position");
@@ -153,7 +140,7 @@ impl JitterBuffer {
         if let Some(p) = self.packets.remove(&next) {
             self.starved = 0;
             self.stats.played += 1;
-            return Playout::Packet(p);
+            return AudioTick::Packet(p);
         }
         if self.packets.is_empty() {
             self.starved += 1;
@@ -163,11 +150,11 @@ impl JitterBuffer {
                 self.next = None;
                 self.starved = 0;
                 self.last_transit = None;
-                return Playout::Silence;
+                return AudioTick::Silence;
             }
         }
         self.stats.concealed += 1;
-        Playout::Lost { next: self.packets.get(&(next + 1)).cloned() }
+        AudioTick::Lost { next: self.packets.get(&(next + 1)).cloned() }
     }
 }
 
@@ -183,12 +170,12 @@ mod tests {
     fn buffers_to_the_target_then_plays_in_order() {
         let mut jb = JitterBuffer::new();
         jb.push(10, 0, pkt(10), 0.0);
-        assert_eq!(jb.pop(), Playout::Silence, "not enough buffered yet");
+        assert_eq!(jb.pop(), AudioTick::Silence, "not enough buffered yet");
         jb.push(12, 1920, pkt(12), 40.0);
         jb.push(11, 960, pkt(11), 41.0);
-        assert_eq!(jb.pop(), Playout::Packet(pkt(10)));
-        assert_eq!(jb.pop(), Playout::Packet(pkt(11)));
-        assert_eq!(jb.pop(), Playout::Packet(pkt(12)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(10)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(11)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(12)));
     }
 
     #[test]
@@ -197,14 +184,14 @@ mod tests {
         for n in [1u16, 2, 4, 5] {
             jb.push(n, n as u32 * 960, pkt(n), n as f64 * 20.0);
         }
-        assert_eq!(jb.pop(), Playout::Packet(pkt(1)));
-        assert_eq!(jb.pop(), Playout::Packet(pkt(2)));
-        assert_eq!(jb.pop(), Playout::Lost { next: Some(pkt(4)) });
-        assert_eq!(jb.pop(), Playout::Packet(pkt(4)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(1)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(2)));
+        assert_eq!(jb.pop(), AudioTick::Lost { next: Some(pkt(4)) });
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(4)));
         // A packet arriving after its slot is counted late and not played.
         jb.push(3, 3 * 960, pkt(3), 100.0);
         assert_eq!(jb.stats.late, 1);
-        assert_eq!(jb.pop(), Playout::Packet(pkt(5)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(5)));
         assert_eq!(jb.stats.concealed, 1);
     }
 
@@ -215,7 +202,7 @@ mod tests {
             jb.push(n, i as u32 * 960, pkt(n), i as f64 * 20.0);
         }
         let played: Vec<_> = (0..4).map(|_| jb.pop()).collect();
-        assert_eq!(played, [65534u16, 65535, 0, 1].map(|n| Playout::Packet(pkt(n))));
+        assert_eq!(played, [65534u16, 65535, 0, 1].map(|n| AudioTick::Packet(pkt(n))));
     }
 
     #[test]
@@ -234,7 +221,7 @@ mod tests {
         // 200 frames buffered at once: playout trims down to near the target.
         let mut drops = 0;
         for _ in 0..20 {
-            if let Playout::Packet(_) = steady.pop() {}
+            if let AudioTick::Packet(_) = steady.pop() {}
             drops = steady.stats.dropped_for_latency;
         }
         assert!(drops > 100, "{drops}");
@@ -248,16 +235,16 @@ mod tests {
             jb.push(n, n as u32 * 960, pkt(n), n as f64 * 20.0);
         }
         for _ in 0..3 {
-            assert!(matches!(jb.pop(), Playout::Packet(_)));
+            assert!(matches!(jb.pop(), AudioTick::Packet(_)));
         }
         for _ in 0..STARVE_TICKS - 1 {
-            assert!(matches!(jb.pop(), Playout::Lost { next: None }));
+            assert!(matches!(jb.pop(), AudioTick::Lost { next: None }));
         }
-        assert_eq!(jb.pop(), Playout::Silence);
+        assert_eq!(jb.pop(), AudioTick::Silence);
         // A new burst after the pause plays again once buffered.
         for n in 100..103u16 {
             jb.push(n, n as u32 * 960, pkt(n), 2000.0 + n as f64 * 20.0);
         }
-        assert_eq!(jb.pop(), Playout::Packet(pkt(100)));
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(100)));
     }
 }

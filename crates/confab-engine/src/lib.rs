@@ -33,16 +33,26 @@ pub mod negotiation;
 pub mod playout;
 pub mod recovery;
 pub mod rtc;
+pub mod rtp_unwrap;
 pub mod signaling;
 pub mod stamp;
 pub mod tone;
 pub mod vp8_rtp;
+pub mod worker;
 
 /// Default log filter for programs built on the engine. webrtc-rs warns about harmless
 /// things (unknown DTLS extensions, early ICE checks); keep that out of a user's terminal.
 pub const DEFAULT_LOG_FILTER: &str = "warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error";
 
-pub use call::{Call, CallConfig, CallController, CallError, CallEvent, PeerStats, SELF_TILE};
-pub use media::{DecodedFrame, FrameSink, NoFrames};
+/// Logs to stderr, one line per event, for programs built on the engine: the filter is
+/// `CONFAB_LOG` (`EnvFilter` syntax, e.g. `info,confab_engine=debug`) or [`DEFAULT_LOG_FILTER`].
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub use call::{Call, CallConfig, CallController, CallError, CallEvent, PeerStats};
+pub use media::{DecodedFrame, FrameSink, NoFrames, SELF_TILE};
 pub use rtc::IcePolicy;
 pub use signaling::TlsOptions;

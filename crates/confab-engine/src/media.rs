@@ -5,14 +5,13 @@
 //! ```text
 //! VideoSource -> capture thread -> [newest-frame slot] -> encode thread -> broadcast -> per-peer writers
 //! AudioSource -> capture+Opus thread ------------------------------------> broadcast -> per-peer writers
-//! per-peer reader -> SampleBuilder -> [4 frames] -> decode thread -> FrameSink
+//! per-peer reader -> Vp8Assembler -> VideoPlayout -> [32 frames] -> decode thread -> FrameSink
 //! per-peer reader -> JitterBuffer <- playout thread (Opus decode, mix) -> AudioSink
 //! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,10 +23,11 @@ use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::codec::vp8::{Vp8Config, Vp8Decoder, Vp8Encoder};
 use crate::devices::{AudioSink, AudioSource, CapturedFrame, VideoSource};
 use crate::frame::I420Frame;
-use crate::jitter::{JitterBuffer, Playout};
+use crate::jitter::{AudioTick, JitterBuffer};
 use crate::mixer::mix;
 use crate::stamp::FrameStamp;
 use crate::vp8_rtp::Vp8Frame;
+use crate::worker::Worker;
 
 /// One encoded frame on its way to every peer.
 #[derive(Clone, Debug)]
@@ -52,6 +52,10 @@ pub struct DecodedFrame {
 pub trait FrameSink: Send + Sync {
     fn on_frame(&self, peer: &PeerId, frame: &DecodedFrame);
 }
+
+/// The peer id under which local frames reach the frame sink when the call's self view is
+/// on (the UI's own tile).
+pub const SELF_TILE: &str = "self";
 
 /// A sink that drops frames.
 pub struct NoFrames;
@@ -128,9 +132,9 @@ impl FrameSlot {
 /// Capture + encode threads of the local video. Dropping it stops capture at once (the
 /// source is dropped, so a camera's light goes out) and joins both threads.
 pub struct VideoPipeline {
-    stop: Arc<AtomicBool>,
     slot: Arc<FrameSlot>,
-    threads: Vec<thread::JoinHandle<()>>,
+    _capture: Worker,
+    _encode: Worker,
 }
 
 /// Least time between two keyframes the encoder makes on request.
@@ -144,89 +148,84 @@ impl VideoPipeline {
         self_view: Option<Arc<dyn FrameSink>>,
     ) -> Result<Self, crate::codec::vp8::Vp8Error> {
         let mut encoder = Vp8Encoder::new(enc)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let slot = Arc::new(FrameSlot {
             state: Mutex::new((None, false)),
             ready: Condvar::new(),
             replaced: AtomicU64::new(0),
         });
-        let (stop1, slot1) = (stop.clone(), slot.clone());
-        let capture = thread::Builder::new()
-            .name("video-capture".into())
-            .spawn(move || {
-                while !stop1.load(Relaxed) {
-                    match source.next_frame() {
-                        Ok(Some(mut f)) => {
-                            if let Some(view) = &self_view {
-                                // Lend the frame to the self view without copying it.
-                                let d = DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms };
-                                view.on_frame(&PeerId(crate::call::SELF_TILE.into()), &d);
-                                f.frame = d.frame;
-                            }
-                            slot1.put(f)
+        let slot1 = slot.clone();
+        let capture = Worker::spawn("video-capture", move |stop| {
+            while !stop.is_set() {
+                match source.next_frame() {
+                    Ok(Some(mut f)) => {
+                        if let Some(view) = &self_view {
+                            // Lend the frame to the self view without copying it.
+                            let d = DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms };
+                            view.on_frame(&PeerId(SELF_TILE.into()), &d);
+                            f.frame = d.frame;
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(error = %e, "video capture failed");
-                            break;
-                        }
+                        slot1.put(f)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "video capture failed");
+                        break;
                     }
                 }
-                slot1.close();
-                drop(source);
-            })
-            .expect("spawn capture thread");
+            }
+            slot1.close();
+            drop(source);
+        })
+        .expect("spawn capture thread");
         let slot2 = slot.clone();
         let duration = Duration::from_nanos(1_000_000_000 / enc.fps.max(1) as u64);
-        let encode = thread::Builder::new()
-            .name("video-encode".into())
-            .spawn(move || {
-                let mut last_key: Option<Instant> = None;
-                while let Some(f) = slot2.take() {
-                    let frame = if (f.frame.width, f.frame.height) != (enc.width, enc.height) {
-                        f.frame.scaled(enc.width, enc.height)
-                    } else {
-                        f.frame
-                    };
-                    // Honour keyframe requests at most every 500 ms (the first always): on a
-                    // congested path each keyframe is a burst that causes the next loss and the
-                    // next request, a storm that starves everything else. A request that waits
-                    // is kept and served when the interval is up.
-                    let key = if out.new_viewer.swap(false, Relaxed) {
-                        out.keyframe.store(false, Relaxed); // this one serves any request too
-                        true
-                    } else if last_key.is_none_or(|t: Instant| t.elapsed() >= MIN_KEYFRAME_INTERVAL) {
-                        out.keyframe.swap(false, Relaxed)
-                    } else {
-                        false
-                    };
-                    if key {
-                        last_key = Some(Instant::now());
-                    }
-                    let budget = out.video_budget_kbps.load(Relaxed);
-                    let current = encoder.settings().bitrate_kbps;
-                    // Small moves are noise; each reconfiguration costs the rate control.
-                    if budget > 0 && budget.abs_diff(current) * 20 > current {
-                        if let Err(e) = encoder.set_bitrate(budget) {
-                            warn!(error = %e, kbps = budget, "cannot change the video bitrate");
-                        }
-                    }
-                    match encoder.encode(&frame, key) {
-                        Ok(Some(e)) => {
-                            out.frames_encoded.fetch_add(1, Relaxed);
-                            // No receivers yet is fine: nobody is connected.
-                            let _ = out.video.send(MediaPacket { data: Bytes::from(e.data), duration });
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            warn!(error = %e, "video encode failed");
-                            break;
-                        }
+        let encode = Worker::spawn("video-encode", move |_| {
+            let mut last_key: Option<Instant> = None;
+            while let Some(f) = slot2.take() {
+                let frame = if (f.frame.width, f.frame.height) != (enc.width, enc.height) {
+                    f.frame.scaled(enc.width, enc.height)
+                } else {
+                    f.frame
+                };
+                // Honour keyframe requests at most every 500 ms (the first always): on a
+                // congested path each keyframe is a burst that causes the next loss and the
+                // next request, a storm that starves everything else. A request that waits
+                // is kept and served when the interval is up.
+                let key = if out.new_viewer.swap(false, Relaxed) {
+                    out.keyframe.store(false, Relaxed); // this one serves any request too
+                    true
+                } else if last_key.is_none_or(|t: Instant| t.elapsed() >= MIN_KEYFRAME_INTERVAL) {
+                    out.keyframe.swap(false, Relaxed)
+                } else {
+                    false
+                };
+                if key {
+                    last_key = Some(Instant::now());
+                }
+                let budget = out.video_budget_kbps.load(Relaxed);
+                let current = encoder.settings().bitrate_kbps;
+                // Small moves are noise; each reconfiguration costs the rate control.
+                if budget > 0 && budget.abs_diff(current) * 20 > current {
+                    if let Err(e) = encoder.set_bitrate(budget) {
+                        warn!(error = %e, kbps = budget, "cannot change the video bitrate");
                     }
                 }
-            })
-            .expect("spawn encode thread");
-        Ok(VideoPipeline { stop, slot, threads: vec![capture, encode] })
+                match encoder.encode(&frame, key) {
+                    Ok(Some(e)) => {
+                        out.frames_encoded.fetch_add(1, Relaxed);
+                        // No receivers yet is fine: nobody is connected.
+                        let _ = out.video.send(MediaPacket { data: Bytes::from(e.data), duration });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "video encode failed");
+                        break;
+                    }
+                }
+            }
+        })
+        .expect("spawn encode thread");
+        Ok(VideoPipeline { slot, _capture: capture, _encode: encode })
     }
 
     /// Frames the encoder never saw because a newer one replaced them.
@@ -237,19 +236,15 @@ impl VideoPipeline {
 
 impl Drop for VideoPipeline {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        // The encoder ends when the slot closes; `_capture` and then `_encode` are joined next.
         self.slot.close();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 
 /// Capture + Opus thread of the local audio. `muted` stops sending (the device stays open
 /// so unmuting is instant).
 pub struct AudioPipeline {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Worker,
 }
 
 impl AudioPipeline {
@@ -259,46 +254,32 @@ impl AudioPipeline {
         out: SendSide,
     ) -> Result<Self, crate::codec::opus::OpusError> {
         let mut enc = OpusEncoder::new(32_000)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop1 = stop.clone();
-        let thread = thread::Builder::new()
-            .name("audio-capture".into())
-            .spawn(move || {
-                while !stop1.load(Relaxed) {
-                    match source.next_frame() {
-                        Ok(Some(pcm)) => {
-                            if muted.load(Relaxed) {
-                                continue;
-                            }
-                            match enc.encode(&pcm) {
-                                Ok(p) => {
-                                    let _ = out.audio.send(MediaPacket {
-                                        data: Bytes::from(p),
-                                        duration: Duration::from_millis(20),
-                                    });
-                                }
-                                Err(e) => warn!(error = %e, "opus encode failed"),
-                            }
+        let thread = Worker::spawn("audio-capture", move |stop| {
+            while !stop.is_set() {
+                match source.next_frame() {
+                    Ok(Some(pcm)) => {
+                        if muted.load(Relaxed) {
+                            continue;
                         }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(error = %e, "audio capture failed");
-                            break;
+                        match enc.encode(&pcm) {
+                            Ok(p) => {
+                                let _ = out
+                                    .audio
+                                    .send(MediaPacket { data: Bytes::from(p), duration: Duration::from_millis(20) });
+                            }
+                            Err(e) => warn!(error = %e, "opus encode failed"),
                         }
                     }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "audio capture failed");
+                        break;
+                    }
                 }
-            })
-            .expect("spawn audio thread");
-        Ok(AudioPipeline { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for AudioPipeline {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            }
+        })
+        .expect("spawn audio thread");
+        Ok(AudioPipeline { _thread: thread })
     }
 }
 
@@ -343,9 +324,9 @@ impl PeerAudio {
 
     fn next_frame(&mut self) -> Option<[i16; FRAME_SAMPLES]> {
         let pcm = match self.jitter.pop() {
-            Playout::Packet(p) => self.decoder.decode(&p).ok(),
-            Playout::Lost { next } => self.decoder.conceal(next.as_deref()).ok(),
-            Playout::Silence => None,
+            AudioTick::Packet(p) => self.decoder.decode(&p).ok(),
+            AudioTick::Lost { next } => self.decoder.conceal(next.as_deref()).ok(),
+            AudioTick::Silence => None,
         }?;
         if self.recent.len() + FRAME_SAMPLES > RECENT_SAMPLES {
             self.recent.drain(..FRAME_SAMPLES);
@@ -375,42 +356,29 @@ impl PeerAudio {
 
 pub type PeerAudioMap = Arc<Mutex<HashMap<PeerId, Arc<Mutex<PeerAudio>>>>>;
 
-/// The playout thread: every 20 ms (paced by the sink), one frame from each peer, mixed.
-pub struct PlayoutThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+/// The audio playout thread: every 20 ms (paced by the sink), one frame from each peer,
+/// mixed.
+pub struct AudioPlayoutThread {
+    _thread: Worker,
 }
 
-impl PlayoutThread {
+impl AudioPlayoutThread {
     pub fn start(mut sink: Box<dyn AudioSink>, peers: PeerAudioMap) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop1 = stop.clone();
-        let thread = thread::Builder::new()
-            .name("audio-playout".into())
-            .spawn(move || {
-                while !stop1.load(Relaxed) {
-                    let list: Vec<Arc<Mutex<PeerAudio>>> = peers.lock().unwrap().values().cloned().collect();
-                    let frames: Vec<[i16; FRAME_SAMPLES]> =
-                        list.iter().filter_map(|p| p.lock().unwrap().next_frame()).collect();
-                    let mixed = mix(frames.iter());
-                    if let Err(e) = sink.play(&mixed) {
-                        warn!(error = %e, "audio playback failed");
-                        break;
-                    }
+        let thread = Worker::spawn("audio-playout", move |stop| {
+            while !stop.is_set() {
+                let list: Vec<Arc<Mutex<PeerAudio>>> = peers.lock().unwrap().values().cloned().collect();
+                let frames: Vec<[i16; FRAME_SAMPLES]> =
+                    list.iter().filter_map(|p| p.lock().unwrap().next_frame()).collect();
+                let mixed = mix(frames.iter());
+                if let Err(e) = sink.play(&mixed) {
+                    warn!(error = %e, "audio playback failed");
+                    break;
                 }
-                debug!("playout stopped");
-            })
-            .expect("spawn playout thread");
-        PlayoutThread { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for PlayoutThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            }
+            debug!("playout stopped");
+        })
+        .expect("spawn playout thread");
+        AudioPlayoutThread { _thread: thread }
     }
 }
 
@@ -420,7 +388,8 @@ pub struct VideoDecodeThread {
     pub tx: std::sync::mpsc::SyncSender<Vp8Frame>,
     /// Set when a frame was dropped before reaching the decoder.
     lost: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    /// Ends when `tx` closes (it drains the frames queued first), not by the stop flag.
+    _thread: Worker,
 }
 
 impl VideoDecodeThread {
@@ -437,54 +406,52 @@ impl VideoDecodeThread {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vp8Frame>(32);
         let lost = Arc::new(AtomicBool::new(false));
         let lost1 = lost.clone();
-        let thread = thread::Builder::new()
-            .name(format!("video-decode-{}", &peer.0[..peer.0.len().min(6)]))
-            .spawn(move || {
-                let mut dec = match Vp8Decoder::new(1) {
-                    Ok(d) => d,
+        let thread = Worker::spawn(format!("video-decode-{}", &peer.0[..peer.0.len().min(6)]), move |_| {
+            let mut dec = match Vp8Decoder::new(1) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "cannot start the VP8 decoder");
+                    return;
+                }
+            };
+            let mut on_first = Some(on_first);
+            // Until a keyframe decodes, delta frames only make garbage.
+            let mut need_key = true;
+            while let Ok(f) = rx.recv() {
+                let key = f.keyframe;
+                if f.after_loss || lost1.swap(false, Relaxed) {
+                    // The reference chain broke: only a keyframe decodes cleanly now.
+                    need_key = true;
+                }
+                if need_key && !key {
+                    stats.frames_dropped.fetch_add(1, Relaxed);
+                    let _ = want_keyframe.try_send(());
+                    continue;
+                }
+                match dec.decode(&f.data) {
+                    Ok(Some(frame)) => {
+                        need_key = false;
+                        stats.frames_decoded.fetch_add(1, Relaxed);
+                        let stamp = FrameStamp::read(&frame);
+                        let decoded = DecodedFrame { frame, stamp, decoded_ms: confab_proto::wall_ms() };
+                        if let Some(f) = on_first.take() {
+                            let _ = stats.first_frame.set(Instant::now());
+                            f();
+                        }
+                        sink.on_frame(&peer, &decoded);
+                    }
+                    Ok(None) => {}
                     Err(e) => {
-                        warn!(error = %e, "cannot start the VP8 decoder");
-                        return;
-                    }
-                };
-                let mut on_first = Some(on_first);
-                // Until a keyframe decodes, delta frames only make garbage.
-                let mut need_key = true;
-                while let Ok(f) = rx.recv() {
-                    let key = f.keyframe;
-                    if f.after_loss || lost1.swap(false, Relaxed) {
-                        // The reference chain broke: only a keyframe decodes cleanly now.
-                        need_key = true;
-                    }
-                    if need_key && !key {
+                        debug!(error = %e, "undecodable frame; asking for a keyframe");
                         stats.frames_dropped.fetch_add(1, Relaxed);
+                        need_key = true;
                         let _ = want_keyframe.try_send(());
-                        continue;
-                    }
-                    match dec.decode(&f.data) {
-                        Ok(Some(frame)) => {
-                            need_key = false;
-                            stats.frames_decoded.fetch_add(1, Relaxed);
-                            let stamp = FrameStamp::read(&frame);
-                            let decoded = DecodedFrame { frame, stamp, decoded_ms: crate::devices::wall_ms() };
-                            if let Some(f) = on_first.take() {
-                                let _ = stats.first_frame.set(Instant::now());
-                                f();
-                            }
-                            sink.on_frame(&peer, &decoded);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            debug!(error = %e, "undecodable frame; asking for a keyframe");
-                            stats.frames_dropped.fetch_add(1, Relaxed);
-                            need_key = true;
-                            let _ = want_keyframe.try_send(());
-                        }
                     }
                 }
-            })
-            .expect("spawn decode thread");
-        VideoDecodeThread { tx, lost, thread: Some(thread) }
+            }
+        })
+        .expect("spawn decode thread");
+        VideoDecodeThread { tx, lost, _thread: thread }
     }
 
     /// A frame was dropped on the way: the decoder must wait for a keyframe.
@@ -498,8 +465,6 @@ impl Drop for VideoDecodeThread {
         // Closing our sender ends the thread once the channel drains.
         let (dead, _) = std::sync::mpsc::sync_channel(1);
         drop(std::mem::replace(&mut self.tx, dead));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // `_thread` is joined next, once it has drained the queue.
     }
 }

@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use crate::rtp_unwrap::Unwrapper;
+
 /// Frames whose lateness sets the target (about 5 s at 30 fps).
 const DELAY_WINDOW: usize = 150;
 /// Frames over which the fastest transit is taken (about 10 s at 30 fps): long enough to
@@ -19,30 +21,34 @@ const TRANSIT_WINDOW: usize = 300;
 /// A frame is never held longer than this for smoothness; beyond it latency hurts more.
 pub const MAX_DELAY_MS: f64 = 600.0;
 
-#[derive(Debug, Default)]
-pub struct Playout {
-    /// Extended RTP timestamp of the last frame (90 kHz) and the raw value it came from.
-    last_ts: Option<(i64, u32)>,
+#[derive(Debug)]
+pub struct VideoPlayout {
+    /// Extends RTP timestamps (90 kHz); the first frame's extended value is the zero of
+    /// capture times.
+    ts: Unwrapper,
+    first_ts: Option<u64>,
     /// Arrival minus capture time (ms) of recent frames: transit plus clock offset.
     transits: VecDeque<f64>,
     /// How much later than the fastest transit recent frames arrived (ms).
     delays: VecDeque<f64>,
 }
 
-impl Playout {
+impl Default for VideoPlayout {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VideoPlayout {
     pub fn new() -> Self {
-        Self::default()
+        VideoPlayout { ts: Unwrapper::timestamp(), first_ts: None, transits: VecDeque::new(), delays: VecDeque::new() }
     }
 
     /// A frame with RTP timestamp `rtp_ts` is complete at `now_ms`: returns when to show it
     /// (same clock as `now_ms`, never before it).
     pub fn schedule(&mut self, rtp_ts: u32, now_ms: u64) -> u64 {
-        let ts = match self.last_ts {
-            // Timestamps only move forward in frame order; a wrap is just a small step.
-            Some((ext, raw)) => ext + rtp_ts.wrapping_sub(raw) as i32 as i64,
-            None => 0,
-        };
-        self.last_ts = Some((ts, rtp_ts));
+        let ext = self.ts.extend(rtp_ts as u64);
+        let ts = ext as i64 - *self.first_ts.get_or_insert(ext) as i64;
         let capture_ms = ts as f64 / 90.0;
         let transit = now_ms as f64 - capture_ms;
         push(&mut self.transits, transit, TRANSIT_WINDOW);
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn an_even_path_adds_nothing() {
-        let mut p = Playout::new();
+        let mut p = VideoPlayout::new();
         for i in 0..100u64 {
             let now = 1_000 + i * 100 / 3;
             // Arrival times are whole milliseconds, capture times are not: 1 ms of rounding.
@@ -91,7 +97,7 @@ mod tests {
 
     #[test]
     fn waits_for_retransmissions_are_absorbed_once_seen() {
-        let mut p = Playout::new();
+        let mut p = VideoPlayout::new();
         let mut now = 0;
         let mut shown = Vec::new();
         for i in 0..300u32 {
@@ -111,7 +117,7 @@ mod tests {
 
     #[test]
     fn never_in_the_past_and_never_beyond_the_cap() {
-        let mut p = Playout::new();
+        let mut p = VideoPlayout::new();
         p.schedule(0, 0);
         // A frame 5 s late: shown now, and the target stays capped.
         assert_eq!(p.schedule(FRAME, 5_000), 5_000);
@@ -120,7 +126,7 @@ mod tests {
 
     #[test]
     fn timestamps_wrap() {
-        let mut p = Playout::new();
+        let mut p = VideoPlayout::new();
         let start = u32::MAX - FRAME;
         assert_eq!(p.schedule(start, 100), 100);
         assert_eq!(p.schedule(start.wrapping_add(FRAME), 133), 133);

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::rtp_unwrap::Unwrapper;
+
 /// One reassembled frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vp8Frame {
@@ -39,8 +41,8 @@ impl Pending {
 pub struct Vp8Assembler {
     /// Frames by extended RTP timestamp.
     pending: BTreeMap<u64, Pending>,
-    highest_seq: Option<u64>,
-    highest_ts: Option<u64>,
+    seq: Unwrapper,
+    ts: Unwrapper,
     /// Timestamp of the last frame handed out (frames older than it are late).
     last_out: Option<u64>,
     /// Extended sequence number of the last packet of the last frame handed out: a frame
@@ -80,22 +82,6 @@ fn parse_descriptor(p: &[u8]) -> Option<(bool, &[u8])> {
     Some((s && pid == 0, payload))
 }
 
-fn unwrap(highest: &mut Option<u64>, value: u64, bits: u32) -> u64 {
-    let span = 1u64 << bits;
-    let ext = match *highest {
-        None => value + span,
-        Some(h) => {
-            let base = h & !(span - 1);
-            [base.wrapping_sub(span) | value, base | value, (base + span) | value]
-                .into_iter()
-                .min_by_key(|c| c.abs_diff(h))
-                .expect("three candidates")
-        }
-    };
-    *highest = Some(highest.map_or(ext, |h| h.max(ext)));
-    ext
-}
-
 impl Vp8Assembler {
     /// How long an incomplete frame may wait for retransmissions; follow the round trip.
     pub fn set_max_wait(&mut self, ms: u64) {
@@ -105,8 +91,8 @@ impl Vp8Assembler {
     pub fn new(max_wait_ms: u64) -> Self {
         Vp8Assembler {
             pending: BTreeMap::new(),
-            highest_seq: None,
-            highest_ts: None,
+            seq: Unwrapper::sequence(),
+            ts: Unwrapper::timestamp(),
             last_out: None,
             last_out_seq: None,
             lost: false,
@@ -117,8 +103,8 @@ impl Vp8Assembler {
     /// Adds one RTP packet; returns the frames it completed, in order.
     pub fn push(&mut self, seq: u16, ts: u32, marker: bool, payload: &[u8], now_ms: u64) -> Vec<Vp8Frame> {
         let Some((start, data)) = parse_descriptor(payload) else { return Vec::new() };
-        let eseq = unwrap(&mut self.highest_seq, seq as u64, 16);
-        let ets = unwrap(&mut self.highest_ts, ts as u64, 32);
+        let eseq = self.seq.extend(seq as u64);
+        let ets = self.ts.extend(ts as u64);
         if self.last_out.is_some_and(|l| ets <= l) {
             return Vec::new(); // late or duplicate of a frame already out
         }

@@ -30,10 +30,6 @@ fn arg(name: &str, default: &str) -> String {
     argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1).cloned()).unwrap_or_else(|| default.into())
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 fn first_frame(p: &Peer) {
     p.wait_for("the first picture", Duration::from_secs(20), |v| v["type"] == "first_frame");
 }
@@ -93,7 +89,7 @@ fn path_cut(size: &str) {
     first_frame(&a);
     first_frame(&b);
     std::thread::sleep(Duration::from_secs(3));
-    let cut_at = wall_ms();
+    let cut_at = confab_proto::wall_ms();
     setup.relay.handle().cut();
     for p in [&a, &b] {
         p.wait_for("media back", Duration::from_secs(12), |v| v["type"] == "reconnected" && v.get("peer_id").is_some());

@@ -157,7 +157,7 @@ impl FrameSink for Recorder {
         let mut peers = self.peers.lock().unwrap();
         let r = peers.entry(peer.clone()).or_default();
         r.frames += 1;
-        r.arrived(devices::wall_ms());
+        r.arrived(confab_proto::wall_ms());
         if let Some(s) = f.stamp {
             r.stamped += 1;
             if let Some(last) = r.last_no {
@@ -211,7 +211,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn print(v: &serde_json::Value) {
     let mut v = v.clone();
     if let Some(o) = v.as_object_mut() {
-        o.insert("at_ms".into(), json!(devices::wall_ms()));
+        o.insert("at_ms".into(), json!(confab_proto::wall_ms()));
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -220,13 +220,7 @@ fn print(v: &serde_json::Value) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(confab_engine::DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    confab_engine::init_logging();
     if cli.list_devices {
         let list = devices::list_devices(true);
         print(&json!({"type": "devices", "devices": list}));

@@ -77,7 +77,7 @@ async fn leaving_and_killed_peers_disappear() {
     let victim = Peer::start(&url, "exits", "Victim", &["--duration", "30"]);
     let (_, leaver_lines) = tokio::task::spawn_blocking(|| leaver.finish()).await.unwrap();
     let left_at = events(&leaver_lines, "leaving")[0]["at_ms"].as_u64().unwrap();
-    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let killed_at = confab_proto::wall_ms();
     victim.kill();
     let (_, lines) = tokio::task::spawn_blocking(|| stay.finish()).await.unwrap();
     let id_of = |name: &str| {

@@ -21,6 +21,12 @@ mod validate;
 
 pub use validate::validate;
 
+/// Milliseconds since the Unix epoch: the clock of chat `ts` on the wire, and of the capture
+/// stamps that peers on different machines compare.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// The protocol version this crate speaks. Sent by the server in `joined`.
 pub const PROTOCOL_VERSION: u32 = 1;
 

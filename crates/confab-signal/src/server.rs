@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use confab_proto::{decode, encode, ErrorCode, ProtoError, ServerMsg};
@@ -539,7 +539,7 @@ where
         let mut hub = shared.hub.lock().expect("hub lock");
         hub.conns.remove(&id);
         if lost {
-            hub.rooms.connection_lost(id, wall_ms())
+            hub.rooms.connection_lost(id, confab_proto::wall_ms())
         } else {
             hub.rooms.disconnect(id)
         }
@@ -586,7 +586,7 @@ fn on_frame(
     match decode(bytes) {
         Ok(msg) => {
             strikes.good();
-            let now_ms = wall_ms();
+            let now_ms = confab_proto::wall_ms();
             let mut hub = shared.hub.lock().expect("hub lock");
             let outs = hub.rooms.handle(id, msg, now_ms);
             hub.deliver(outs, &shared.metrics);
@@ -613,11 +613,6 @@ fn on_error(shared: &Shared, id: ConnId, strikes: &mut Strikes, e: ProtoError) -
 
 const TIMEOUT_REASON: &str = "no answer to pings";
 
-/// Milliseconds since the Unix epoch: the clock of the room logic.
-fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Every `ping_interval`: ping each client, and stop those silent for `idle_timeout`. Twice a
 /// second: give up the places of away peers whose grace ran out. One timer for the whole
 /// server instead of one per connection.
@@ -635,7 +630,7 @@ async fn sweep(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let mut hub = shared.hub.lock().expect("hub lock");
-        let expired = hub.rooms.expire(wall_ms());
+        let expired = hub.rooms.expire(confab_proto::wall_ms());
         hub.deliver(expired, &shared.metrics);
         let now = shared.now_mono_ms();
         if now.saturating_sub(last_ping) < ping_ms {

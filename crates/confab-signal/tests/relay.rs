@@ -82,7 +82,7 @@ async fn chat_and_state_fan_out_with_server_stamps() {
     let (pa, _) = a.join("r", "Ada").await;
     b.join("r", "Bob").await;
     a.recv().await; // peer_joined
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let before = confab_proto::wall_ms();
     // Clients cannot forge `from`, `name` or `ts`: extra fields are ignored.
     a.send(json!({"type":"chat","text":"héllo 👋","from":"forged","name":"Mallory","ts":1})).await;
     for c in [&mut a, &mut b] {

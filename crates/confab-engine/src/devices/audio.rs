@@ -4,7 +4,6 @@
 //! engine while the device has enough queued, which paces it by the sound card's clock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
 use super::{AudioSink, AudioSource, DeviceError, DeviceInfo, DeviceKind};
 use crate::codec::opus::{FRAME_SAMPLES, SAMPLE_RATE};
+use crate::worker::Worker;
 
 /// Microphones and speakers present now. Ids are cpal's stable device ids ("alsa:hw:...").
 pub fn list() -> Vec<DeviceInfo> {
@@ -59,53 +59,33 @@ struct Shared {
     ready: Condvar,
 }
 
-/// The thread that keeps a cpal stream alive; dropping it stops the stream and joins.
-struct StreamThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for StreamThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-/// Runs `build` on a thread that keeps the stream alive until the returned guard drops;
+/// Runs `build` on a thread that keeps the stream alive until the returned worker drops;
 /// reports whether the stream started.
 fn stream_thread(
     kind: &'static str,
     name: String,
     build: impl FnOnce() -> Result<cpal::Stream, String> + Send + 'static,
-) -> Result<StreamThread, DeviceError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_in = stop.clone();
+) -> Result<Worker, DeviceError> {
     let (ready_tx, ready_rx) = mpsc::channel();
-    let t = thread::Builder::new()
-        .name(kind.into())
-        .spawn(move || {
-            let stream = match build().and_then(|s| s.play().map(|_| s).map_err(|e| e.to_string())) {
-                Ok(s) => {
-                    let _ = ready_tx.send(Ok(()));
-                    s
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stop_in.load(Ordering::Relaxed) {
-                thread::park_timeout(Duration::from_millis(100));
+    let worker = Worker::spawn(kind, move |stop| {
+        let stream = match build().and_then(|s| s.play().map(|_| s).map_err(|e| e.to_string())) {
+            Ok(s) => {
+                let _ = ready_tx.send(Ok(()));
+                s
             }
-            drop(stream);
-        })
-        .map_err(|e| DeviceError::Failed { kind, name: name.clone(), reason: e.to_string() })?;
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        while !stop.is_set() {
+            thread::park_timeout(Duration::from_millis(100));
+        }
+        drop(stream);
+    })
+    .map_err(|e| DeviceError::Failed { kind, name: name.clone(), reason: e.to_string() })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(StreamThread { stop, thread: Some(t) }),
+        Ok(Ok(())) => Ok(worker),
         Ok(Err(reason)) => Err(DeviceError::Busy { kind, name, reason }),
         Err(_) => Err(DeviceError::Failed { kind, name, reason: "stream thread died".into() }),
     }
@@ -126,7 +106,7 @@ pub struct Microphone {
     name: String,
     shared: Arc<Shared>,
     /// Keeps the device open; dropping it closes the device.
-    _stream: StreamThread,
+    _stream: Worker,
 }
 
 impl Microphone {
@@ -199,7 +179,7 @@ pub struct Speaker {
     name: String,
     shared: Arc<Shared>,
     /// Keeps the device open; dropping it closes the device.
-    _stream: StreamThread,
+    _stream: Worker,
 }
 
 /// Playback queue depth the engine keeps ahead of the sound card.

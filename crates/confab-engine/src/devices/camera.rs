@@ -3,9 +3,7 @@
 //! channel (a slow consumer gets the newest frame, never blocks the camera). Dropping the
 //! `Camera` stops the stream, which turns the camera light off.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::mpsc;
 
 use nokhwa::pixel_format::RgbFormat;
 use nokhwa::utils::{
@@ -14,6 +12,7 @@ use nokhwa::utils::{
 
 use super::{CapturedFrame, DeviceError, DeviceInfo, DeviceKind, VideoSource};
 use crate::frame::I420Frame;
+use crate::worker::{StopFlag, Worker};
 
 /// Cameras present now. Ids are the system's camera index ("0", "1", ...).
 pub fn list() -> Vec<DeviceInfo> {
@@ -31,9 +30,9 @@ pub fn list() -> Vec<DeviceInfo> {
 
 pub struct Camera {
     name: String,
+    /// Declared before `frames`: it is joined while the channel is still open.
+    capture: Worker,
     frames: mpsc::Receiver<Result<CapturedFrame, DeviceError>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Camera {
@@ -53,17 +52,14 @@ impl Camera {
             Ok(n) => CameraIndex::Index(n),
             Err(_) => CameraIndex::String(info.id.clone()),
         };
-        let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(1);
         let (ready_tx, ready_rx) = mpsc::channel();
         let name = info.name.clone();
-        let stop2 = stop.clone();
-        let thread = thread::Builder::new()
-            .name("camera".into())
-            .spawn(move || capture_loop(index, name, width, height, fps, tx, ready_tx, stop2))
-            .map_err(|e| DeviceError::Failed { kind: "camera", name: info.name.clone(), reason: e.to_string() })?;
+        let capture =
+            Worker::spawn("camera", move |stop| capture_loop(index, name, width, height, fps, tx, ready_tx, stop))
+                .map_err(|e| DeviceError::Failed { kind: "camera", name: info.name.clone(), reason: e.to_string() })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Camera { name: info.name, frames: rx, stop, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Camera { name: info.name, capture, frames: rx }),
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 Err(DeviceError::Failed { kind: "camera", name: info.name, reason: "capture thread died".into() })
@@ -81,7 +77,7 @@ fn capture_loop(
     fps: u32,
     tx: mpsc::SyncSender<Result<CapturedFrame, DeviceError>>,
     ready: mpsc::Sender<Result<(), DeviceError>>,
-    stop: Arc<AtomicBool>,
+    stop: StopFlag,
 ) {
     let busy = |e: nokhwa::NokhwaError| DeviceError::Busy { kind: "camera", name: name.clone(), reason: e.to_string() };
     let want = CameraFormat::new(Resolution::new(width, height), FrameFormat::MJPEG, fps);
@@ -98,12 +94,12 @@ fn capture_loop(
         return;
     }
     let _ = ready.send(Ok(()));
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         let item = cam
             .frame()
             .map_err(|e| DeviceError::Failed { kind: "camera", name: name.clone(), reason: e.to_string() })
             .and_then(|buf| {
-                let capture_ms = super::wall_ms();
+                let capture_ms = confab_proto::wall_ms();
                 let res = buf.resolution();
                 let frame = match buf.source_frame_format() {
                     FrameFormat::YUYV => yuyv_to_i420(buf.buffer(), res.width(), res.height()),
@@ -146,12 +142,9 @@ impl VideoSource for Camera {
 
 impl Drop for Camera {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Unblock a capture thread waiting to hand over a frame.
+        self.capture.ask_stop();
+        // Unblock a capture thread waiting to hand over a frame; `capture` joins it next.
         while self.frames.try_recv().is_ok() {}
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

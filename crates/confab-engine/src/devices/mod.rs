@@ -72,14 +72,23 @@ pub struct DeviceInfo {
 pub fn list_devices(include_synthetic: bool) -> Vec<DeviceInfo> {
     let mut out = Vec::new();
     if include_synthetic {
-        out.push(DeviceInfo { kind: DeviceKind::Camera, id: "synthetic".into(), name: "Synthetic camera".into() });
-        out.push(DeviceInfo { kind: DeviceKind::Microphone, id: "synthetic".into(), name: "Synthetic tone".into() });
-        out.push(DeviceInfo { kind: DeviceKind::Speaker, id: "null".into(), name: "Null speaker (discards)".into() });
+        out.push(DeviceInfo { kind: DeviceKind::Camera, id: SYNTHETIC.into(), name: "Synthetic camera".into() });
+        out.push(DeviceInfo { kind: DeviceKind::Microphone, id: SYNTHETIC.into(), name: "Synthetic tone".into() });
+        out.push(DeviceInfo {
+            kind: DeviceKind::Speaker,
+            id: NULL_SPEAKER.into(),
+            name: "Null speaker (discards)".into(),
+        });
     }
     out.extend(camera::list());
     out.extend(audio::list());
     out
 }
+
+/// The device ids that are not hardware, as [`list_devices`] offers them and specs spell them.
+pub const NONE: &str = "none";
+pub const SYNTHETIC: &str = "synthetic";
+pub const NULL_SPEAKER: &str = "null";
 
 /// Which video to send.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,13 +113,51 @@ pub enum SinkSpec {
     Speaker(Option<String>),
 }
 
+// Two spellings, one set of rules: a UI picks a device id from `list_devices` ("" for the
+// system default), a command line writes `KIND[:ID]` (`camera`, `mic:alsa:hw:1`). The
+// `from_device_id`s below say what each id means; `FromStr` adds only the `KIND:` prefixes.
+
+impl VideoSpec {
+    /// The camera a device id from [`list_devices`] names; "" is the default camera.
+    pub fn from_device_id(id: &str) -> VideoSpec {
+        match id {
+            NONE => VideoSpec::None,
+            SYNTHETIC => VideoSpec::Synthetic,
+            "" => VideoSpec::Camera(None),
+            id => VideoSpec::Camera(Some(id.into())),
+        }
+    }
+}
+
+impl AudioSpec {
+    /// The microphone a device id from [`list_devices`] names; "" is the default one.
+    pub fn from_device_id(id: &str) -> AudioSpec {
+        match id {
+            NONE => AudioSpec::None,
+            SYNTHETIC => AudioSpec::Synthetic(440.0),
+            "" => AudioSpec::Mic(None),
+            id => AudioSpec::Mic(Some(id.into())),
+        }
+    }
+}
+
+impl SinkSpec {
+    /// The speaker a device id from [`list_devices`] names; "" is the default one.
+    pub fn from_device_id(id: &str) -> SinkSpec {
+        match id {
+            NULL_SPEAKER | NONE => SinkSpec::Null,
+            "" => SinkSpec::Speaker(None),
+            id => SinkSpec::Speaker(Some(id.into())),
+        }
+    }
+}
+
 impl std::str::FromStr for VideoSpec {
     type Err = DeviceError;
     fn from_str(s: &str) -> Result<Self, DeviceError> {
         match s.split_once(':') {
-            None if s == "none" => Ok(VideoSpec::None),
-            None if s == "synthetic" => Ok(VideoSpec::Synthetic),
-            None if s == "camera" => Ok(VideoSpec::Camera(None)),
+            None if s == NONE || s == SYNTHETIC => Ok(VideoSpec::from_device_id(s)),
+            None if s == "camera" => Ok(VideoSpec::from_device_id("")),
             Some(("camera", id)) if !id.is_empty() => Ok(VideoSpec::Camera(Some(id.into()))),
             _ => Err(DeviceError::BadSpec(s.into())),
         }
@@ -121,10 +168,9 @@ impl std::str::FromStr for AudioSpec {
     type Err = DeviceError;
     fn from_str(s: &str) -> Result<Self, DeviceError> {
         match s.split_once(':') {
-            None if s == "none" => Ok(AudioSpec::None),
-            None if s == "synthetic" => Ok(AudioSpec::Synthetic(440.0)),
-            None if s == "mic" => Ok(AudioSpec::Mic(None)),
-            Some(("synthetic", hz)) => match hz.parse::<f64>() {
+            None if s == NONE || s == SYNTHETIC => Ok(AudioSpec::from_device_id(s)),
+            None if s == "mic" => Ok(AudioSpec::from_device_id("")),
+            Some((SYNTHETIC, hz)) => match hz.parse::<f64>() {
                 Ok(hz) if (20.0..=20_000.0).contains(&hz) => Ok(AudioSpec::Synthetic(hz)),
                 _ => Err(DeviceError::BadSpec(s.into())),
             },
@@ -138,8 +184,8 @@ impl std::str::FromStr for SinkSpec {
     type Err = DeviceError;
     fn from_str(s: &str) -> Result<Self, DeviceError> {
         match s.split_once(':') {
-            None if s == "null" || s == "none" => Ok(SinkSpec::Null),
-            None if s == "speaker" => Ok(SinkSpec::Speaker(None)),
+            None if s == NULL_SPEAKER || s == NONE => Ok(SinkSpec::from_device_id(s)),
+            None if s == "speaker" => Ok(SinkSpec::from_device_id("")),
             Some(("speaker", id)) if !id.is_empty() => Ok(SinkSpec::Speaker(Some(id.into()))),
             _ => Err(DeviceError::BadSpec(s.into())),
         }
@@ -175,11 +221,6 @@ pub fn open_sink(spec: &SinkSpec) -> Result<Box<dyn AudioSink>, DeviceError> {
     })
 }
 
-/// Milliseconds since the Unix epoch, the clock of capture stamps.
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +236,27 @@ mod tests {
         }
         let e = "webcam".parse::<VideoSpec>().unwrap_err().to_string();
         assert!(e.contains("webcam") && e.contains("camera[:ID]"), "{e}");
+    }
+
+    #[test]
+    fn device_ids_from_the_list_mean_what_the_command_line_spells() {
+        for (id, spec) in [("", "camera"), ("none", "none"), ("synthetic", "synthetic"), ("0", "camera:0")] {
+            assert_eq!(VideoSpec::from_device_id(id), spec.parse().unwrap(), "{id:?}");
+        }
+        for (id, spec) in [("", "mic"), ("none", "none"), ("synthetic", "synthetic"), ("alsa:hw:1", "mic:alsa:hw:1")] {
+            assert_eq!(AudioSpec::from_device_id(id), spec.parse().unwrap(), "{id:?}");
+        }
+        for (id, spec) in [("", "speaker"), ("null", "null"), ("none", "none"), ("alsa:pulse", "speaker:alsa:pulse")] {
+            assert_eq!(SinkSpec::from_device_id(id), spec.parse().unwrap(), "{id:?}");
+        }
+        for d in list_devices(true) {
+            let named = match d.kind {
+                DeviceKind::Camera => VideoSpec::from_device_id(&d.id) != VideoSpec::Camera(None),
+                DeviceKind::Microphone => AudioSpec::from_device_id(&d.id) != AudioSpec::Mic(None),
+                DeviceKind::Speaker => SinkSpec::from_device_id(&d.id) != SinkSpec::Speaker(None),
+            };
+            assert!(named, "listed device {d:?} must not mean 'the default'");
+        }
     }
 
     /// This machine has no camera or sound card: opening them fails with a message that

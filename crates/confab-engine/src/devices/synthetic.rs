@@ -97,7 +97,7 @@ impl VideoSource for SyntheticVideo {
             std::thread::sleep(due - now);
         }
         let mut frame = self.picture.next_frame();
-        let capture_ms = super::wall_ms();
+        let capture_ms = confab_proto::wall_ms();
         FrameStamp { frame_no: self.n, capture_ms }.draw(&mut frame);
         self.n += 1;
         Ok(Some(CapturedFrame { frame, capture_ms }))
