@@ -30,9 +30,10 @@ pub mod jitter;
 pub mod media;
 pub mod mixer;
 pub mod negotiation;
+pub mod peer_connection;
 pub mod playout;
 pub mod recovery;
-pub mod rtc;
+pub mod rtcp_feedback;
 pub mod rtp_unwrap;
 pub mod signaling;
 pub mod stamp;
@@ -54,5 +55,5 @@ pub fn init_logging() {
 
 pub use call::{Call, CallConfig, CallController, CallError, CallEvent, PeerStats};
 pub use media::{DecodedFrame, FrameSink, NoFrames, SELF_TILE};
-pub use rtc::IcePolicy;
+pub use peer_connection::IcePolicy;
 pub use signaling::TlsOptions;

@@ -89,10 +89,11 @@ impl Negotiation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cand(n: u8) -> IceCandidate {
+    /// A made-up candidate, numbered.
+    pub(crate) fn cand(n: u8) -> IceCandidate {
         IceCandidate {
             candidate: format!("candidate:{n}"),
             sdp_mid: Some("0".into()),

@@ -1,20 +1,15 @@
-//! Glue to the `webrtc` crate: building a peer connection the way confab wants it (VP8 +
-//! Opus only, NACK/RTCP reports/TWCC feedback, keyframe requests delivered to us), its event
-//! handler, and small conversions between browser-shaped protocol JSON and webrtc types.
+//! Peer connections the way confab wants them, over the `webrtc` crate: VP8 + Opus only,
+//! NACK, RTCP reports and keyframe requests delivered to us (see `rtcp_feedback`), ICE
+//! timings tuned for fast setup and repair; the connection's event handler; and the
+//! conversions between the protocol's browser-shaped JSON and webrtc types.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use confab_proto::{IceCandidate, PeerId, SdpType, SessionDescription};
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::Slot;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
-use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -22,6 +17,8 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
+
+use crate::rtcp_feedback::{KeyframeRequestForwarder, LinkReports};
 
 /// Payload types we register (Chromium's offers may use others; we read the negotiated ones).
 pub const VP8_PT: u8 = 96;
@@ -129,9 +126,6 @@ pub struct RtcSettings {
     pub udp_bind: Vec<String>,
 }
 
-/// Receiver-report blocks about what we send, as they arrive; the call drains them.
-pub type LinkReports = Arc<std::sync::Mutex<Vec<crate::bwe::LinkReport>>>;
-
 /// Builds a peer connection for `peer`. Its events go to `tx`.
 pub async fn build_pc(
     peer: &PeerId,
@@ -148,7 +142,7 @@ pub async fn build_pc(
         // congested path, where the round trip grows past the interval, multiply the very
         // traffic that congests it.
         .with(Slot::NackGenerator, rtc::interceptor::NackGeneratorBuilder::new().with_max_nacks_per_packet(3).build())
-        .with(Slot::from(14_000), KeyframeRequestForwarder { reports, ..Default::default() });
+        .with(Slot::from(14_000), KeyframeRequestForwarder::new(reports));
     let ice_servers = settings
         .ice_servers
         .iter()
@@ -178,7 +172,7 @@ pub async fn build_pc(
         // Check candidate pairs every 25 ms instead of 200: the first checks decide how soon
         // the first picture shows, and on a LAN the first pair usually works. 80 tries keep
         // a pair alive for 2 s, enough for far-away relays to answer.
-        .with_ice_connection_attempts(Some(std::time::Duration::from_millis(25)), Some(80))
+        .with_ice_connection_attempts(Some(Duration::from_millis(25)), Some(80))
         // The answerer waits as DTLS server, so the offerer (which by then has the answer and
         // our fingerprint) starts the handshake. The other way round, the answerer's first
         // ClientHello can reach the offerer before the answer does, be dropped, and cost a
@@ -187,11 +181,7 @@ pub async fn build_pc(
         // Notice a dead path within 2 s (keepalives every 0.5 s keep a quiet but live one,
         // e.g. muted with the camera off, from looking dead), so that the ICE restart can
         // begin early; `failed` follows 6 s later.
-        .with_ice_timeouts(
-            Some(std::time::Duration::from_secs(2)),
-            Some(std::time::Duration::from_secs(6)),
-            Some(std::time::Duration::from_millis(500)),
-        )
+        .with_ice_timeouts(Some(Duration::from_secs(2)), Some(Duration::from_secs(6)), Some(Duration::from_millis(500)))
         // An ICE restart gathers on new sockets and allocates new TURN ports: the old ones
         // may be exactly what died (a NAT binding, a relay port).
         .with_discard_local_candidates_during_ice_restart(true)
@@ -200,8 +190,8 @@ pub async fn build_pc(
         // every start and every restart; otherwise 1 s is still ample for host and srflx
         // pairs, which answer within tens of milliseconds when they work at all.
         .with_relay_acceptance_min_wait(Some(match settings.policy {
-            IcePolicy::Relay => std::time::Duration::ZERO,
-            IcePolicy::All => std::time::Duration::from_secs(1),
+            IcePolicy::Relay => Duration::ZERO,
+            IcePolicy::All => Duration::from_secs(1),
         }))
         .build();
     let pc = PeerConnectionBuilder::<String>::new()
@@ -216,81 +206,70 @@ pub async fn build_pc(
     Ok(Arc::new(pc))
 }
 
-/// Passes PLI and FIR from the remote to our track (`TrackLocal::poll`), so the encoder can
-/// send a keyframe, and notes the loss and round trip of every receiver report block for the
-/// rate control. Everything else stops here, after the interceptors before it acted on it.
-#[derive(Default)]
-struct KeyframeRequestForwarder {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-    reports: LinkReports,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            let now = crate::bwe::compact_ntp_now();
-            for p in packets {
-                let a = p.as_any();
-                let blocks = a
-                    .downcast_ref::<ReceiverReport>()
-                    .map(|r| &r.reports)
-                    .or_else(|| a.downcast_ref::<SenderReport>().map(|s| &s.reports));
-                for b in blocks.into_iter().flatten() {
-                    let r = crate::bwe::LinkReport {
-                        loss: b.fraction_lost as f64 / 256.0,
-                        rtt_ms: crate::bwe::rtt_ms(now, b.last_sender_report, b.delay),
-                    };
-                    let mut q = self.reports.lock().expect("reports lock");
-                    // Bounded: the call drains these four times a second.
-                    if q.len() < 64 {
-                        q.push(r);
-                    }
-                }
-            }
-            let wanted: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|p| {
-                    let a = p.as_any();
-                    a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
-                })
-                .cloned()
-                .collect();
-            if wanted.is_empty() {
-                return Ok(());
-            }
-            msg.message.packet = Packet::Rtcp(wanted);
-            msg.message.add(Attribute::DeliverToApplication);
+/// An offer, applied locally and sent with the host candidates gathered so far. With
+/// `ice_restart`, new ICE credentials: both sides gather afresh and check pairs again while
+/// DTLS, SRTP and the tracks carry on. An offer of ours still unanswered (a restart that got
+/// no answer) is taken back first.
+pub async fn make_offer(
+    pc: &Arc<dyn PeerConnection>,
+    ice_restart: bool,
+) -> Result<RTCSessionDescription, webrtc::error::Error> {
+    let opts = || ice_restart.then_some(rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true });
+    let offer = match pc.create_offer(opts()).await {
+        Ok(o) => o,
+        Err(first) => {
+            // Nothing to take back means the offer failed for another reason: report that one.
+            let rollback = RTCSessionDescription::rollback(None)?;
+            pc.set_local_description(rollback).await.map_err(|_| first)?;
+            pc.create_offer(opts()).await?
         }
-        self.read.push_back(msg);
-        Ok(())
-    }
+    };
+    pc.set_local_description(offer.clone()).await?;
+    Ok(with_host_candidates(pc, offer).await)
+}
 
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
+/// The answer to the remote offer just applied, applied locally, with host candidates.
+pub async fn make_answer(pc: &Arc<dyn PeerConnection>) -> Result<RTCSessionDescription, webrtc::error::Error> {
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer.clone()).await?;
+    Ok(with_host_candidates(pc, answer).await)
+}
 
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
+/// The local description once it holds the first gathered candidates (host candidates take
+/// a millisecond; waits at most 100 ms). Sending them inside the SDP, not only trickled after
+/// it, means the remote's ICE agent has pairs to check the moment it starts: with trickle
+/// alone, webrtc-rs found a peer-reflexive pair first and then idled a whole second before
+/// nominating in about one call of five.
+async fn with_host_candidates(pc: &Arc<dyn PeerConnection>, fallback: RTCSessionDescription) -> RTCSessionDescription {
+    let deadline = Instant::now() + Duration::from_millis(100);
+    loop {
+        if let Some(d) = pc.local_description().await {
+            if d.sdp.contains("a=candidate:") || Instant::now() >= deadline {
+                return d;
+            }
+        } else if Instant::now() >= deadline {
+            return fallback;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-impl Interceptor for KeyframeRequestForwarder {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+/// How the selected ICE pair reaches the peer: host, srflx, prflx or relay.
+pub async fn selected_candidate_type(pc: &Arc<dyn PeerConnection>) -> Option<String> {
+    for sender in pc.get_senders().await {
+        if let Ok(Some(dtls)) = sender.transport().await {
+            if let Ok(Some(pair)) = dtls.ice_transport().get_selected_candidate_pair().await {
+                return Some(format!("{}", pair.local().typ).to_lowercase());
+            }
+        }
+    }
+    None
+}
+
+/// The DTLS fingerprint line of an SDP: it changes only when the other side built a new
+/// peer connection (it restarted, or gave us up and came back).
+pub fn fingerprint(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.strip_prefix("a=fingerprint:")).map(str::trim)
 }
 
 /// Protocol session description -> webrtc.

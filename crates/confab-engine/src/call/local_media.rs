@@ -1,0 +1,158 @@
+//! Our side of the media: the local video and audio pipelines and the specs they were
+//! opened from, the send side every peer's tracks read, mute and camera state, and the
+//! audio playout thread that mixes what every peer sends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use confab_proto::ClientMsg;
+
+use super::{CallConfig, CallError};
+use crate::codec::vp8::Vp8Config;
+use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
+use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline};
+
+pub(super) struct LocalMedia {
+    /// Encoded media, keyframe requests and the video budget, shared by every peer's senders.
+    pub send: SendSide,
+    video: Option<VideoPipeline>,
+    audio: Option<AudioPipeline>,
+    /// What `video` was opened from: turning the camera back on reopens it.
+    video_spec: VideoSpec,
+    /// The size, rate and bitrate the encoder is made with, and whether captured frames
+    /// also go to `frames` as the self view.
+    format: VideoFormat,
+    muted: Arc<AtomicBool>,
+    camera_on: bool,
+    /// Where decoded pictures (and, with the self view, captured ones) go.
+    pub frames: Arc<dyn FrameSink>,
+    /// Each peer's audio as the playout thread mixes it; peer sessions add and remove theirs.
+    pub audio_map: PeerAudioMap,
+    _playout: Option<AudioPlayoutThread>,
+}
+
+#[derive(Clone, Copy)]
+struct VideoFormat {
+    width: u32,
+    height: u32,
+    fps: u32,
+    bitrate_kbps: Option<u32>,
+    self_view: bool,
+}
+
+impl LocalMedia {
+    /// Opens the camera and microphone the config names and starts their pipelines.
+    pub fn open(cfg: &CallConfig, frames: Arc<dyn FrameSink>) -> Result<LocalMedia, CallError> {
+        let format = VideoFormat {
+            width: cfg.width,
+            height: cfg.height,
+            fps: cfg.fps,
+            bitrate_kbps: cfg.bitrate_kbps,
+            self_view: cfg.self_view,
+        };
+        let mut media = LocalMedia {
+            send: SendSide::new(),
+            video: None,
+            audio: None,
+            video_spec: cfg.video.clone(),
+            format,
+            muted: Arc::new(AtomicBool::new(false)),
+            camera_on: true,
+            frames,
+            audio_map: Arc::new(Mutex::new(HashMap::new())),
+            _playout: None,
+        };
+        media.video = media.start_video(&cfg.video)?;
+        media.audio = media.start_audio(&cfg.audio)?;
+        Ok(media)
+    }
+
+    /// Starts mixing every peer's audio into `sink`.
+    pub fn play_to(&mut self, sink: Box<dyn AudioSink>) {
+        self._playout = Some(AudioPlayoutThread::start(sink, self.audio_map.clone()));
+    }
+
+    /// The video bitrate the user asked for (or the default for the picture size), in kbit/s.
+    pub fn wanted_kbps(&self) -> u32 {
+        let f = self.format;
+        f.bitrate_kbps.unwrap_or_else(|| Vp8Config::realtime(f.width, f.height, f.fps).bitrate_kbps)
+    }
+
+    fn start_video(&self, spec: &VideoSpec) -> Result<Option<VideoPipeline>, CallError> {
+        let f = self.format;
+        let Some(src) = devices::open_video(spec, f.width, f.height, f.fps)? else { return Ok(None) };
+        let mut enc = Vp8Config::realtime(f.width, f.height, f.fps);
+        if let Some(kbps) = f.bitrate_kbps {
+            enc.bitrate_kbps = kbps;
+        }
+        self.send.keyframe.store(true, Relaxed);
+        let self_view = f.self_view.then(|| self.frames.clone());
+        Ok(Some(VideoPipeline::start(src, enc, self.send.clone(), self_view)?))
+    }
+
+    fn start_audio(&self, spec: &AudioSpec) -> Result<Option<AudioPipeline>, CallError> {
+        Ok(match devices::open_audio(spec)? {
+            Some(src) => Some(AudioPipeline::start(src, self.muted.clone(), self.send.clone())?),
+            None => None,
+        })
+    }
+
+    /// Our media state as the room hears it.
+    pub fn state_msg(&self) -> ClientMsg {
+        ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on }
+    }
+
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted.store(muted, Relaxed);
+    }
+
+    /// Camera off stops capture (the device is released); on opens it again. `None` if it
+    /// already was so; an error means it stays off.
+    pub fn set_camera(&mut self, on: bool) -> Option<Result<(), CallError>> {
+        if on == self.camera_on {
+            return None;
+        }
+        self.camera_on = on;
+        if !on {
+            self.video = None;
+            return Some(Ok(()));
+        }
+        Some(match self.start_video(&self.video_spec.clone()) {
+            Ok(v) => {
+                self.video = v;
+                Ok(())
+            }
+            Err(e) => {
+                self.camera_on = false;
+                Err(e)
+            }
+        })
+    }
+
+    /// Sends video from `spec` from now on; if it cannot be opened, the old source again.
+    pub fn switch_video(&mut self, spec: VideoSpec) -> Result<(), CallError> {
+        // Release the old camera first: some cannot be opened twice.
+        self.video = None;
+        let r = self.start_video(&spec).map(|v| {
+            self.video = v;
+            self.video_spec = spec;
+        });
+        if r.is_err() {
+            self.video = self.start_video(&self.video_spec.clone()).ok().flatten();
+        }
+        r
+    }
+
+    /// Sends audio from `spec` from now on; if it cannot be opened, the old one stays.
+    pub fn switch_audio(&mut self, spec: AudioSpec) -> Result<(), CallError> {
+        self.audio = self.start_audio(&spec)?;
+        Ok(())
+    }
+
+    /// Stops capture: the camera light goes out, the microphone closes.
+    pub fn stop_capture(&mut self) {
+        self.video = None;
+        self.audio = None;
+    }
+}
