@@ -127,14 +127,22 @@ impl JitterBuffer {
                 return AudioTick::Silence;
             }
         }
-        let next = self.next.expect("playing implies a position");
-        // Too far behind live: skip ahead one frame (a 20 ms cut is less audible than
-        // latency that only grows).
-        if self.depth() > self.target_frames() + SLACK_FRAMES {
+        let mut next = self.next.expect("playing implies a position");
+        // Too far behind live: skip ahead, a frame at a time (a 20 ms cut is less audible
+        // than latency that only grows). A gap in the sequence is jumped at once: a sender
+        // whose numbers leap thousands ahead costs one step, not one per missing number.
+        let most = self.target_frames() + SLACK_FRAMES;
+        let mut depth = self.depth();
+        while depth > most {
+            let first = *self.packets.range(next..).next().expect("depth counts packets from next on").0;
+            if first != next {
+                next = first;
+                continue;
+            }
             self.packets.remove(&next);
             self.stats.dropped_for_latency += 1;
-            self.next = Some(next + 1);
-            return self.pop();
+            depth -= 1;
+            next += 1;
         }
         self.next = Some(next + 1);
         if let Some(p) = self.packets.remove(&next) {
@@ -226,6 +234,25 @@ mod tests {
         }
         assert!(drops > 100, "{drops}");
         assert!(steady.depth() <= steady.target_frames() + SLACK_FRAMES);
+    }
+
+    #[test]
+    fn a_sequence_number_leap_is_one_step_not_one_per_missing_number() {
+        let mut jb = JitterBuffer::new();
+        for n in 0..3u16 {
+            jb.push(n, n as u32 * 960, pkt(n), n as f64 * 20.0);
+        }
+        assert_eq!(jb.pop(), AudioTick::Packet(pkt(0)));
+        // Then the sender leaps 30,000 numbers ahead, in a burst deep enough to trim: the
+        // old recursion took a stack frame per missing number.
+        for n in 0..40u16 {
+            let seq = 30_000 + n;
+            jb.push(seq, seq as u32 * 960, pkt(seq), 100.0);
+        }
+        let first = jb.pop();
+        assert!(matches!(first, AudioTick::Packet(_)), "{first:?}");
+        assert!(jb.depth() <= jb.target_frames() + SLACK_FRAMES);
+        assert!(jb.stats.dropped_for_latency < 45, "only real packets count as dropped: {:?}", jb.stats);
     }
 
     #[test]
