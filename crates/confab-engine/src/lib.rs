@@ -43,7 +43,9 @@ pub mod worker;
 
 /// Default log filter for programs built on the engine. webrtc-rs warns about harmless
 /// things (unknown DTLS extensions, early ICE checks); keep that out of a user's terminal.
-pub const DEFAULT_LOG_FILTER: &str = "warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error";
+/// The PulseAudio client logs its own socket closing at every stream's end; a real failure
+/// reaches us through cpal's stream error callback, which is logged.
+pub const DEFAULT_LOG_FILTER: &str = "warn,rtc_ice=error,rtc_dtls=error,webrtc=error,rtc=error,pulseaudio=off";
 
 /// Logs to stderr, one line per event, for programs built on the engine: the filter is
 /// `CONFAB_LOG` (`EnvFilter` syntax, e.g. `info,confab_engine=debug`) or [`DEFAULT_LOG_FILTER`].

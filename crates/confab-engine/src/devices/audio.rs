@@ -6,34 +6,66 @@
 use std::collections::VecDeque;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
 use super::{AudioSink, AudioSource, DeviceError, DeviceInfo, DeviceKind};
 use crate::codec::opus::{FRAME_SAMPLES, SAMPLE_RATE};
-use crate::worker::Worker;
+use crate::worker::{StopFlag, Worker};
 
-/// Microphones and speakers present now. Ids are cpal's stable device ids ("alsa:hw:...").
+/// Microphones and speakers present now, as people know them: with a sound server running
+/// (PulseAudio, or PipeWire through its PulseAudio protocol) its devices under the names the
+/// desktop shows; ALSA's own otherwise. The system default of each kind comes first and
+/// says so. Ids are cpal's ("pulseaudio:alsa_input.usb-...", "alsa:sysdefault:CARD=PCH").
 pub fn list() -> Vec<DeviceInfo> {
+    // With the `pulseaudio` feature, cpal's default host is the sound server when one runs.
     let host = cpal::default_host();
-    let mut out = Vec::new();
     let name = |d: &cpal::Device| d.description().map(|x| x.name().to_string()).unwrap_or_else(|_| "unknown".into());
-    if let Ok(devs) = host.input_devices() {
-        for d in devs {
-            if let Ok(id) = d.id() {
-                out.push(DeviceInfo { kind: DeviceKind::Microphone, id: id.to_string(), name: name(&d) });
+    let id_of = |d: Option<cpal::Device>| d.and_then(|d| d.id().ok());
+    let mut out = Vec::new();
+    let kinds = [
+        (DeviceKind::Microphone, host.input_devices(), id_of(host.default_input_device()), true),
+        (DeviceKind::Speaker, host.output_devices(), id_of(host.default_output_device()), false),
+    ];
+    for (kind, devices, default, input) in kinds {
+        let Ok(devices) = devices else { continue };
+        let mut found = Vec::new();
+        for d in devices {
+            let Ok(id) = d.id() else { continue };
+            if !people_use(&id) || (id.host() == cpal::HostId::Alsa && !opens(&d, input)) {
+                continue;
             }
+            let default = default.as_ref() == Some(&id);
+            found.push(DeviceInfo { kind, id: id.to_string(), name: name(&d), default });
         }
-    }
-    if let Ok(devs) = host.output_devices() {
-        for d in devs {
-            if let Ok(id) = d.id() {
-                out.push(DeviceInfo { kind: DeviceKind::Speaker, id: id.to_string(), name: name(&d) });
-            }
-        }
+        // Stable: the default first, the rest in the server's order.
+        found.sort_by_key(|d| !d.default);
+        out.extend(found);
     }
     out
+}
+
+/// Whether a device is one a person would pick. A sound server's monitor sources record what
+/// a speaker plays: not microphones. Of ALSA's PCMs only the default and each card's own
+/// default are devices; the rest are plugins (rate converters, up- and downmixers, JACK, OSS)
+/// or `null`, which discards everything and makes up silence as fast as it is read.
+fn people_use(id: &cpal::DeviceId) -> bool {
+    let pcm = id.id();
+    match id.host() {
+        cpal::HostId::Alsa => pcm == "default" || pcm.starts_with("sysdefault:"),
+        _ => !pcm.ends_with(".monitor"),
+    }
+}
+
+/// Whether an ALSA PCM can be opened at all: with no card and no sound server, `default`
+/// leads nowhere, and listing it would offer a microphone that cannot work.
+fn opens(d: &cpal::Device, input: bool) -> bool {
+    if input {
+        d.default_input_config().is_ok()
+    } else {
+        d.default_output_config().is_ok()
+    }
 }
 
 fn find(kind: &'static str, id: Option<&str>, input: bool) -> Result<cpal::Device, DeviceError> {
@@ -64,11 +96,11 @@ struct Shared {
 fn stream_thread(
     kind: &'static str,
     name: String,
-    build: impl FnOnce() -> Result<cpal::Stream, String> + Send + 'static,
+    build: impl FnOnce(StopFlag) -> Result<cpal::Stream, String> + Send + 'static,
 ) -> Result<Worker, DeviceError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let worker = Worker::spawn(kind, move |stop| {
-        let stream = match build().and_then(|s| s.play().map(|_| s).map_err(|e| e.to_string())) {
+        let stream = match build(stop.clone()).and_then(|s| s.play().map(|_| s).map_err(|e| e.to_string())) {
             Ok(s) => {
                 let _ = ready_tx.send(Ok(()));
                 s
@@ -88,6 +120,42 @@ fn stream_thread(
         Ok(Ok(())) => Ok(worker),
         Ok(Err(reason)) => Err(DeviceError::Busy { kind, name, reason }),
         Err(_) => Err(DeviceError::Failed { kind, name, reason: "stream thread died".into() }),
+    }
+}
+
+/// cpal's error callback for one stream: one log line per burst, since a failing stream can
+/// report hundreds of errors within milliseconds; errors while we close the stream are our
+/// own doing and not logged.
+fn stream_errors(kind: &'static str, stop: StopFlag) -> impl FnMut(cpal::Error) + Send + 'static {
+    let mut bursts = ErrorBursts::default();
+    move |e| {
+        if stop.is_set() {
+            return;
+        }
+        if let Some(held_back) = bursts.log(Instant::now()) {
+            tracing::warn!(error = %e, held_back, "{kind} stream error");
+        }
+    }
+}
+
+/// At most one line per [`ERROR_LOG_INTERVAL`]; the next line says how many were held back.
+#[derive(Debug, Default)]
+struct ErrorBursts {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ErrorBursts {
+    /// Whether an error at `now` is logged; if so, how many were held back before it.
+    fn log(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.saturating_duration_since(t) < ERROR_LOG_INTERVAL) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
     }
 }
 
@@ -115,7 +183,7 @@ impl Microphone {
         let name = dev.description().map(|d| d.name().to_string()).unwrap_or_else(|_| "microphone".into());
         let shared = Arc::new(Shared { buf: Mutex::new(VecDeque::new()), ready: Condvar::new() });
         let sh = shared.clone();
-        let stream = stream_thread("microphone", name.clone(), move || {
+        let stream = stream_thread("microphone", name.clone(), move |stop| {
             let (cfg, fmt) = stream_config(&dev, true)?;
             let ch = cfg.channels as usize;
             let push = move |mono: &mut dyn Iterator<Item = i16>| {
@@ -126,7 +194,7 @@ impl Microphone {
                 b.drain(..excess);
                 sh.ready.notify_one();
             };
-            let err = |e| tracing::warn!(error = %e, "microphone stream error");
+            let err = stream_errors("microphone", stop);
             match fmt {
                 cpal::SampleFormat::F32 => dev.build_input_stream(
                     cfg,
@@ -191,7 +259,7 @@ impl Speaker {
         let name = dev.description().map(|d| d.name().to_string()).unwrap_or_else(|_| "speaker".into());
         let shared = Arc::new(Shared { buf: Mutex::new(VecDeque::new()), ready: Condvar::new() });
         let sh = shared.clone();
-        let stream = stream_thread("speaker", name.clone(), move || {
+        let stream = stream_thread("speaker", name.clone(), move |stop| {
             let (cfg, fmt) = stream_config(&dev, false)?;
             let ch = cfg.channels as usize;
             let pull = move |n: usize| -> Vec<i16> {
@@ -202,7 +270,7 @@ impl Speaker {
                 sh.ready.notify_one();
                 v
             };
-            let err = |e| tracing::warn!(error = %e, "speaker stream error");
+            let err = stream_errors("speaker", stop);
             match fmt {
                 cpal::SampleFormat::F32 => dev.build_output_stream(
                     cfg,
@@ -251,5 +319,21 @@ impl AudioSink for Speaker {
         }
         b.extend(pcm.iter().copied());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_stream_errors_is_one_line() {
+        let t0 = Instant::now();
+        let mut b = ErrorBursts::default();
+        assert_eq!(b.log(t0), Some(0));
+        let logged = (1..375u64).filter(|i| b.log(t0 + Duration::from_micros(i * 13)).is_some()).count();
+        assert_eq!(logged, 0, "375 errors in 5 ms make one line");
+        assert_eq!(b.log(t0 + ERROR_LOG_INTERVAL), Some(374), "the next line says how many were held back");
+        assert_eq!(b.log(t0 + ERROR_LOG_INTERVAL * 3), Some(0));
     }
 }

@@ -19,7 +19,12 @@ pub fn list() -> Vec<DeviceInfo> {
     match nokhwa::query(ApiBackend::Auto) {
         Ok(cams) => cams
             .into_iter()
-            .map(|c| DeviceInfo { kind: DeviceKind::Camera, id: c.index().to_string(), name: c.human_name() })
+            .map(|c| DeviceInfo {
+                kind: DeviceKind::Camera,
+                id: c.index().to_string(),
+                name: c.human_name(),
+                default: false,
+            })
             .collect(),
         Err(e) => {
             tracing::debug!(error = %e, "camera query failed");

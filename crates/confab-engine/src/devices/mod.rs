@@ -66,19 +66,19 @@ pub struct DeviceInfo {
     pub kind: DeviceKind,
     pub id: String,
     pub name: String,
+    /// The system's default of its kind (what "" opens); listed first.
+    pub default: bool,
 }
 
 /// Every device the system offers, plus the synthetic ones when asked.
 pub fn list_devices(include_synthetic: bool) -> Vec<DeviceInfo> {
     let mut out = Vec::new();
     if include_synthetic {
-        out.push(DeviceInfo { kind: DeviceKind::Camera, id: SYNTHETIC.into(), name: "Synthetic camera".into() });
-        out.push(DeviceInfo { kind: DeviceKind::Microphone, id: SYNTHETIC.into(), name: "Synthetic tone".into() });
-        out.push(DeviceInfo {
-            kind: DeviceKind::Speaker,
-            id: NULL_SPEAKER.into(),
-            name: "Null speaker (discards)".into(),
-        });
+        let synthetic =
+            |kind, id: &str, name: &str| DeviceInfo { kind, id: id.into(), name: name.into(), default: false };
+        out.push(synthetic(DeviceKind::Camera, SYNTHETIC, "Synthetic camera"));
+        out.push(synthetic(DeviceKind::Microphone, SYNTHETIC, "Synthetic tone"));
+        out.push(synthetic(DeviceKind::Speaker, NULL_SPEAKER, "Null speaker (discards)"));
     }
     out.extend(camera::list());
     out.extend(audio::list());

@@ -38,17 +38,24 @@ impl Peer {
     }
 
     pub fn spawn(args: &[&str]) -> Peer {
+        let mut cmd = Command::new(PEER);
+        cmd.args(args);
+        Peer::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (a `confab-peer` command with its arguments and environment).
+    pub fn spawn_command(mut cmd: Command) -> Peer {
         // CONFAB_TEST_LOGS=DIR keeps each peer's log (at CONFAB_LOG's level) for a post-mortem.
         let stderr = match std::env::var_os("CONFAB_TEST_LOGS") {
             Some(dir) => {
-                let name = args.windows(2).find(|w| w[0] == "--name").map_or("peer", |w| w[1]);
+                let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+                let name = args.windows(2).find(|w| w[0] == "--name").map_or("peer", |w| w[1].as_str());
                 let path = std::path::Path::new(&dir).join(format!("{name}-{}.log", std::process::id()));
                 Stdio::from(std::fs::File::create(path).expect("create peer log"))
             }
             None => Stdio::null(),
         };
-        let mut child =
-            Command::new(PEER).args(args).stdout(Stdio::piped()).stderr(stderr).spawn().expect("start confab-peer");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("start confab-peer");
         let out = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
