@@ -285,6 +285,9 @@ fn friendly(e: &confab_engine::CallError) -> String {
         E::Device(devices::DeviceError::NotFound { kind, .. }) => {
             format!("No {kind} found. Pick another one in the list.")
         }
+        E::Device(devices::DeviceError::Unavailable { kind, name, .. }) => {
+            format!("The {kind} '{name}' is not available (unplugged?). Pick another one in the list.")
+        }
         other => other.to_string(),
     }
 }

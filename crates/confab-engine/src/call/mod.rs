@@ -24,10 +24,10 @@
 //!  CallEvent <── events.rs
 //! ```
 //!
-//! Where to look: a peer's ICE fails -> `task.rs` `pc_event` feeds `recovery::PeerHealth`,
-//! `repair::plan` says when to restart or give up, `task.rs` `restart_ice` sends the offer
-//! (`peer_connection::make_offer`). The server goes away -> `server_link.rs`. A peer comes
-//! back with a new connection -> `remote_sdp.rs`.
+//! Where to look: a peer's ICE fails -> `task.rs` `pc_event` -> `PeerState::on_connection_state`
+//! feeds `recovery::PeerHealth`; `repair::plan` says when to restart or give up; `task.rs`
+//! `restart_ice` sends the offer (`peer_connection::make_offer`). The server goes away ->
+//! `server_link.rs`. A peer comes back with a new connection -> `remote_sdp.rs`.
 //!
 //! The parts marked plain data (`Backlog`, `Outage`, `PeerState`, `remote_sdp`, `repair`,
 //! `stats::rates`) hold no sockets or clocks and are unit-tested with made-up instants.

@@ -10,7 +10,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
-use webrtc::peer_connection::PeerConnection;
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use super::local_media::LocalMedia;
 use super::stats::StatsSample;
@@ -19,7 +19,7 @@ use crate::bwe::RateControl;
 use crate::media::{PeerAudio, PeerMediaStats};
 use crate::negotiation::Negotiation;
 use crate::peer_connection::{self, PcEvent, RtcSettings};
-use crate::recovery::PeerHealth;
+use crate::recovery::{Change, PeerHealth};
 use crate::rtcp_feedback::LinkReports;
 
 /// The least the video encoder is asked for (kbit/s): below it a picture is mush anyway.
@@ -71,6 +71,50 @@ impl PeerState {
         if old.health.ever_connected() {
             self.health = PeerHealth::replacing(polite, now);
         }
+    }
+}
+
+/// What a connection state change means, for the user and for the repair rules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct StateNews {
+    /// Media stopped or came back.
+    pub change: Option<Change>,
+    /// The very first setup failed outright: there is no network path to the peer at all.
+    pub no_path: bool,
+}
+
+impl PeerState {
+    /// The connection went to `state` at `now`.
+    pub fn on_connection_state(&mut self, state: RTCPeerConnectionState, now: Instant) -> StateNews {
+        match state {
+            RTCPeerConnectionState::Connected => {
+                self.connected = true;
+                let change = self.health.connected(now);
+                if change.is_some() {
+                    self.rate.path_changed(); // after an ICE restart it may be another path
+                }
+                StateNews { change, no_path: false }
+            }
+            // Connecting again after having been connected: the other side restarted ICE,
+            // perhaps before our own timer saw the path die. Same episode.
+            RTCPeerConnectionState::Connecting if self.health.ever_connected() => {
+                StateNews { change: self.health.lost(now), no_path: false }
+            }
+            RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
+                let first = !self.health.ever_connected();
+                let change = self.health.lost(now);
+                StateNews { change, no_path: first && state == RTCPeerConnectionState::Failed }
+            }
+            _ => StateNews::default(),
+        }
+    }
+
+    /// The server lists this peer again after it had lost the room. Whether to build our
+    /// connection anew: only one that had worked and is down now (the peer may have dropped
+    /// its side); one that works, or is still coming up, is kept.
+    pub fn back_in_room(&mut self) -> bool {
+        self.health.confirmed();
+        self.health.ever_connected() && self.health.is_down()
     }
 }
 
@@ -135,9 +179,8 @@ impl PeerSession {
     }
 
     /// The connection is up: its senders start.
-    pub fn mark_connected(&mut self) {
+    pub fn start_senders(&self) {
         let _ = self.connected.send(true);
-        self.state.connected = true;
     }
 
     /// A task that belongs to this connection (a receiver of one of its tracks).
@@ -168,8 +211,50 @@ impl PeerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recovery::Change;
     use std::time::Duration;
+
+    use RTCPeerConnectionState as S;
+
+    #[test]
+    fn connection_states_tell_the_user_what_happened() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = PeerState::new(false, 500, t0);
+        assert_eq!(p.on_connection_state(S::Connecting, t0), StateNews::default(), "a first setup is no news");
+        assert_eq!(p.on_connection_state(S::Connected, t0 + ms(80)), StateNews::default());
+        assert!(p.connected);
+        let lost = p.on_connection_state(S::Connecting, t0 + ms(1_000));
+        assert_eq!(lost.change, Some(Change::Reconnecting), "the other side restarted ICE");
+        assert_eq!(p.on_connection_state(S::Disconnected, t0 + ms(2_000)), StateNews::default(), "same episode");
+        let back = p.on_connection_state(S::Connected, t0 + ms(3_000));
+        assert_eq!(back.change, Some(Change::Reconnected(ms(2_000))));
+    }
+
+    #[test]
+    fn only_a_first_setup_that_fails_outright_means_no_path() {
+        let t0 = Instant::now();
+        let mut p = PeerState::new(true, 500, t0);
+        assert!(!p.on_connection_state(S::Disconnected, t0).no_path, "the setup deadline reports a slow setup");
+        assert!(p.on_connection_state(S::Failed, t0).no_path);
+        let mut worked = PeerState::new(true, 500, t0);
+        worked.on_connection_state(S::Connected, t0);
+        let failed = worked.on_connection_state(S::Failed, t0);
+        assert_eq!((failed.no_path, failed.change), (false, Some(Change::Reconnecting)));
+    }
+
+    #[test]
+    fn back_in_the_room_only_a_broken_connection_is_rebuilt() {
+        let t0 = Instant::now();
+        let mut coming_up = PeerState::new(false, 500, t0);
+        coming_up.health.unconfirmed(t0);
+        assert!(!coming_up.back_in_room());
+        assert_eq!(coming_up.health.due(t0 + Duration::from_secs(60), true), crate::recovery::Repair::Nothing);
+        let mut working = PeerState::new(false, 500, t0);
+        working.on_connection_state(S::Connected, t0);
+        assert!(!working.back_in_room());
+        working.on_connection_state(S::Disconnected, t0);
+        assert!(working.back_in_room());
+    }
 
     #[test]
     fn a_rebuilt_connection_keeps_what_the_user_was_told() {

@@ -185,12 +185,9 @@ impl CallTask {
                 self.roster.insert(peer.peer_id.clone(), peer.clone());
                 if let Some(s) = self.peers.get_mut(&peer.peer_id) {
                     // Someone we are in a call with is back after the server lost the room.
-                    s.state.health.confirmed();
-                    if !(s.state.health.ever_connected() && s.state.health.is_down()) {
-                        return; // its connection works (or is still coming up): keep it
+                    if s.state.back_in_room() {
+                        self.rebuild(&peer.peer_id, false).await;
                     }
-                    // Ours is broken and it may have dropped its side: build a new one.
-                    self.rebuild(&peer.peer_id, false).await;
                     return;
                 }
                 self.emit(CallEvent::PeerJoined { peer: peer.clone() }).await;
@@ -405,30 +402,15 @@ impl CallTask {
                 self.emit(CallEvent::Error { message }).await;
             }
             PcEvent::State(state) => {
-                let now = Instant::now();
-                let change = match state {
-                    RTCPeerConnectionState::Connected => {
-                        p.mark_connected();
-                        let change = p.state.health.connected(now);
-                        if change.is_some() {
-                            p.state.rate.path_changed(); // after an ICE restart it may be another path
-                        }
-                        change
-                    }
-                    // Connecting again after having been connected: the other side restarted
-                    // ICE, perhaps before our own timer saw the path die. Same episode.
-                    RTCPeerConnectionState::Connecting if p.state.health.ever_connected() => p.state.health.lost(now),
-                    RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
-                        let first = !p.state.health.ever_connected();
-                        let change = p.state.health.lost(now);
-                        if first && state == RTCPeerConnectionState::Failed {
-                            let message = format!("no network path to {}{}", p.info.name, relay_hint(self.rtc.policy));
-                            self.emit(CallEvent::Error { message }).await;
-                        }
-                        change
-                    }
-                    _ => None,
-                };
+                if state == RTCPeerConnectionState::Connected {
+                    p.start_senders();
+                }
+                let news = p.state.on_connection_state(state, Instant::now());
+                if news.no_path {
+                    let message = format!("no network path to {}{}", p.info.name, relay_hint(self.rtc.policy));
+                    self.emit(CallEvent::Error { message }).await;
+                }
+                let change = news.change;
                 let name = format!("{state}").to_lowercase();
                 self.emit(CallEvent::Connection { peer_id: peer.clone(), state: name.clone() }).await;
                 match change {

@@ -96,11 +96,11 @@ struct Shared {
 fn stream_thread(
     kind: &'static str,
     name: String,
-    build: impl FnOnce(StopFlag) -> Result<cpal::Stream, String> + Send + 'static,
+    build: impl FnOnce(StopFlag) -> Result<cpal::Stream, cpal::Error> + Send + 'static,
 ) -> Result<Worker, DeviceError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let worker = Worker::spawn(kind, move |stop| {
-        let stream = match build(stop.clone()).and_then(|s| s.play().map(|_| s).map_err(|e| e.to_string())) {
+        let stream = match build(stop.clone()).and_then(|s| s.play().map(|_| s)) {
             Ok(s) => {
                 let _ = ready_tx.send(Ok(()));
                 s
@@ -118,7 +118,7 @@ fn stream_thread(
     .map_err(|e| DeviceError::Failed { kind, name: name.clone(), reason: e.to_string() })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(worker),
-        Ok(Err(reason)) => Err(DeviceError::Busy { kind, name, reason }),
+        Ok(Err(e)) => Err(open_error(kind, name, &e)),
         Err(_) => Err(DeviceError::Failed { kind, name, reason: "stream thread died".into() }),
     }
 }
@@ -159,9 +159,24 @@ impl ErrorBursts {
     }
 }
 
-fn stream_config(dev: &cpal::Device, input: bool) -> Result<(cpal::StreamConfig, cpal::SampleFormat), String> {
-    let def =
-        if input { dev.default_input_config() } else { dev.default_output_config() }.map_err(|e| e.to_string())?;
+/// What failed when a stream would not open, as the user should hear it: "busy" only when
+/// the device says so (an unsupported format used to be reported as busy).
+fn open_error(kind: &'static str, name: String, e: &cpal::Error) -> DeviceError {
+    use cpal::ErrorKind as K;
+    let reason = e.to_string();
+    match e.kind() {
+        K::DeviceBusy => DeviceError::Busy { kind, name, reason },
+        K::DeviceNotAvailable | K::HostUnavailable => DeviceError::Unavailable { kind, name, reason },
+        K::UnsupportedConfig | K::UnsupportedOperation | K::InvalidInput => {
+            DeviceError::Unsupported { kind, name, reason }
+        }
+        K::PermissionDenied => DeviceError::Denied { kind, name, reason },
+        _ => DeviceError::Failed { kind, name, reason },
+    }
+}
+
+fn stream_config(dev: &cpal::Device, input: bool) -> Result<(cpal::StreamConfig, cpal::SampleFormat), cpal::Error> {
+    let def = if input { dev.default_input_config() } else { dev.default_output_config() }?;
     let cfg = cpal::StreamConfig {
         channels: def.channels(),
         sample_rate: SAMPLE_RATE as _,
@@ -211,7 +226,6 @@ impl Microphone {
                     None,
                 ),
             }
-            .map_err(|e| e.to_string())
         })?;
         Ok(Microphone { name, shared, _stream: stream })
     }
@@ -295,7 +309,6 @@ impl Speaker {
                     None,
                 ),
             }
-            .map_err(|e| e.to_string())
         })?;
         Ok(Speaker { name, shared, _stream: stream })
     }
@@ -325,6 +338,16 @@ impl AudioSink for Speaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsupported_format_is_not_called_busy() {
+        let open = |k| open_error("microphone", "USB headset".into(), &cpal::Error::new(k)).to_string();
+        assert!(open(cpal::ErrorKind::DeviceBusy).contains("is busy"));
+        let unsupported = open(cpal::ErrorKind::UnsupportedConfig);
+        assert!(unsupported.contains("cannot record or play") && !unsupported.contains("busy"), "{unsupported}");
+        assert!(open(cpal::ErrorKind::DeviceNotAvailable).contains("not available"));
+        assert!(open(cpal::ErrorKind::PermissionDenied).contains("not allowed"));
+    }
 
     #[test]
     fn a_burst_of_stream_errors_is_one_line() {

@@ -18,6 +18,12 @@ pub enum DeviceError {
     NotFound { kind: &'static str, id: String },
     #[error("{kind} '{name}' is busy or cannot be opened: {reason}")]
     Busy { kind: &'static str, name: String, reason: String },
+    #[error("{kind} '{name}' is not available (unplugged, or its sound server stopped): {reason}")]
+    Unavailable { kind: &'static str, name: String, reason: String },
+    #[error("{kind} '{name}' cannot record or play the way confab asks: {reason}")]
+    Unsupported { kind: &'static str, name: String, reason: String },
+    #[error("{kind} '{name}': confab is not allowed to use it: {reason}")]
+    Denied { kind: &'static str, name: String, reason: String },
     #[error("{kind} '{name}' failed: {reason}")]
     Failed { kind: &'static str, name: String, reason: String },
     #[error("unknown device spec '{0}' (expected synthetic, camera[:ID], mic[:ID], speaker[:ID] or none)")]
