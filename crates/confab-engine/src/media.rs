@@ -236,7 +236,10 @@ impl VideoPipeline {
 
 impl Drop for VideoPipeline {
     fn drop(&mut self) {
-        // The encoder ends when the slot closes; `_capture` and then `_encode` are joined next.
+        // Capture stops before anything else (the camera light goes out at once, not a frame
+        // later); the encoder ends when the slot closes. `_capture`, then `_encode`, are
+        // joined next.
+        self._capture.ask_stop();
         self.slot.close();
     }
 }

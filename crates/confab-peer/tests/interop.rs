@@ -8,6 +8,7 @@
 //! `ip netns`, Chromium (`scripts/bootstrap`) and `npm ci` in `tests/interop`
 //! (`scripts/test` does both); without them the test fails and says what is missing.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -117,10 +118,26 @@ fn call(chromium_first: bool) {
         c
     };
     let (peer_out, chrome_out) = if chromium_first {
-        let chrome = node_args("12").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        std::thread::sleep(Duration::from_secs(3)); // Chromium is in the room before us
+        let mut chrome = node_args("12").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        // Chromium must be in the room before us: wait for its word, however long its start
+        // takes on a loaded machine (a fixed head start was not always enough).
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stdout = chrome.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"chromium_ready\"") {
+                    let _ = ready_tx.send(());
+                }
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+            out
+        });
+        ready_rx.recv_timeout(Duration::from_secs(40)).expect("Chromium did not get into the room within 40 s");
         let peer = ns.cmd(PEER).args(peer_args).args(["--duration", "12"]).output().unwrap();
-        (peer, chrome.wait_with_output().unwrap())
+        let status = chrome.wait().unwrap();
+        (peer, Output { status, stdout: reader.join().unwrap(), stderr: Vec::new() })
     } else {
         let peer = ns.cmd(PEER).args(peer_args).args(["--duration", "13"]).stdout(Stdio::piped()).spawn().unwrap();
         std::thread::sleep(Duration::from_secs(1));

@@ -32,7 +32,9 @@ try {
   page.on('console', (m) => { if (process.env.CONFAB_INTEROP_DEBUG) console.error(m.text()); });
   page.on('pageerror', (e) => console.error('page error:', e.message));
   await page.goto(url);
-  await page.waitForFunction(() => window.ready === true, null, { timeout: 15000 });
+  await page.waitForFunction(() => window.ready === true, null, { timeout: 30000 });
+  // In the room: a test that wants Chromium there first starts its peer on this line.
+  console.log(JSON.stringify({ type: 'chromium_ready' }));
   await new Promise((r) => setTimeout(r, Number(args.duration || 10) * 1000));
   result = await page.evaluate(() => window.report());
 } finally {
