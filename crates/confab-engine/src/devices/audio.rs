@@ -61,11 +61,7 @@ fn people_use(id: &cpal::DeviceId) -> bool {
 /// Whether an ALSA PCM can be opened at all: with no card and no sound server, `default`
 /// leads nowhere, and listing it would offer a microphone that cannot work.
 fn opens(d: &cpal::Device, input: bool) -> bool {
-    if input {
-        d.default_input_config().is_ok()
-    } else {
-        d.default_output_config().is_ok()
-    }
+    stream_config(d, input).is_ok()
 }
 
 fn find(kind: &'static str, id: Option<&str>, input: bool) -> Result<cpal::Device, DeviceError> {
