@@ -191,7 +191,8 @@ impl PeerSession {
     /// Feeds the receiver reports that arrived since the last call to the rate control.
     pub fn drain_reports(&mut self) {
         for r in std::mem::take(&mut *self.reports.lock().expect("reports lock")) {
-            self.state.rate.on_report(r);
+            let kbps = self.state.rate.on_report(r);
+            tracing::debug!(loss = r.loss, rtt_ms = ?r.rtt_ms, kbps, "receiver report");
         }
     }
 
