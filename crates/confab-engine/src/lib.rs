@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audio_processing;
 pub mod bwe;
 pub mod call;
 pub mod codec;

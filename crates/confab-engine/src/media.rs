@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! VideoSource -> capture thread -> [newest-frame slot] -> encode thread -> broadcast -> per-peer writers
-//! AudioSource -> capture+Opus thread ------------------------------------> broadcast -> per-peer writers
+//! AudioSource -> capture thread (echo, noise, level; Opus) ---------------> broadcast -> per-peer writers
 //! per-peer reader -> Vp8Assembler -> VideoPlayout -> [32 frames] -> decode thread -> FrameSink
-//! per-peer reader -> JitterBuffer <- playout thread (Opus decode, mix) -> AudioSink
+//! per-peer reader -> JitterBuffer <- playout thread (Opus decode, mix) -> AudioSink -> EchoReference
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -15,10 +15,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
 use confab_proto::PeerId;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+use crate::audio_processing::CaptureProcessor;
 use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::codec::vp8::{Vp8Config, Vp8Decoder, Vp8Encoder};
 use crate::devices::{AudioSink, AudioSource, CapturedFrame, VideoSource};
@@ -245,7 +247,8 @@ impl Drop for VideoPipeline {
 }
 
 /// Capture + Opus thread of the local audio. `muted` stops sending (the device stays open
-/// so unmuting is instant).
+/// so unmuting is instant). A microphone's frames go through `processing` first (echo,
+/// noise, level); it keeps running while muted, so the echo canceller stays converged.
 pub struct AudioPipeline {
     _thread: Worker,
 }
@@ -253,6 +256,7 @@ pub struct AudioPipeline {
 impl AudioPipeline {
     pub fn start(
         mut source: Box<dyn AudioSource>,
+        mut processing: Option<CaptureProcessor>,
         muted: Arc<AtomicBool>,
         out: SendSide,
     ) -> Result<Self, crate::codec::opus::OpusError> {
@@ -260,7 +264,10 @@ impl AudioPipeline {
         let thread = Worker::spawn("audio-capture", move |stop| {
             while !stop.is_set() {
                 match source.next_frame() {
-                    Ok(Some(pcm)) => {
+                    Ok(Some(mut pcm)) => {
+                        if let Some(p) = processing.as_mut() {
+                            p.capture(&mut pcm);
+                        }
                         if muted.load(Relaxed) {
                             continue;
                         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use confab_engine::audio_processing::ProcessingSettings;
 use confab_engine::devices::{self, AudioSpec, SinkSpec, VideoSpec};
 use confab_engine::{Call, CallConfig, CallEvent, DecodedFrame, FrameSink, IcePolicy, PeerStats, TlsOptions};
 use confab_proto::PeerId;
@@ -45,6 +46,15 @@ struct Cli {
     /// Where to play what we hear: null or speaker[:ID].
     #[arg(long, default_value = "null")]
     speaker: SinkSpec,
+    /// Echo cancellation of a microphone (what our speaker plays, heard again).
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set, value_parser = on_off())]
+    aec: bool,
+    /// Noise suppression of a microphone.
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set, value_parser = on_off())]
+    ns: bool,
+    /// Automatic gain control of a microphone.
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set, value_parser = on_off())]
+    agc: bool,
     /// Video size, WIDTHxHEIGHT.
     #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     size: (u32, u32),
@@ -86,6 +96,10 @@ struct Cli {
     /// Do not print per-second stats lines.
     #[arg(long)]
     quiet_stats: bool,
+}
+
+fn on_off() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 fn parse_chat_at(s: &str) -> Result<(f64, String), String> {
@@ -238,6 +252,7 @@ async fn run(cli: Cli) -> Result<bool> {
     cfg.video = cli.video.clone();
     cfg.audio = cli.audio.clone();
     cfg.sink = cli.speaker.clone();
+    cfg.processing = ProcessingSettings { aec: cli.aec, ns: cli.ns, agc: cli.agc };
     (cfg.width, cfg.height) = cli.size;
     cfg.fps = cli.fps;
     cfg.bitrate_kbps = cli.bitrate;

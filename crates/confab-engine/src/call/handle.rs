@@ -52,7 +52,7 @@ impl Call {
     pub async fn join(cfg: CallConfig, frames: Arc<dyn FrameSink>) -> Result<Call, CallError> {
         // Devices first: a busy camera should fail the join, not half a call.
         let mut media = LocalMedia::open(&cfg, frames)?;
-        let sink = devices::open_sink(&cfg.sink)?;
+        let sink = devices::open_sink(&cfg.sink, Some(media.echo.clone()))?;
 
         let (link, joined) = ServerLink::connect(&cfg).await?;
         let me = link.me().clone();

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use confab_proto::ClientMsg;
 
 use super::{CallConfig, CallError};
+use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings};
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
 use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline};
@@ -25,6 +26,10 @@ pub(super) struct LocalMedia {
     format: VideoFormat,
     muted: Arc<AtomicBool>,
     camera_on: bool,
+    /// What a microphone's audio goes through, and what our speaker played (its echo
+    /// reference).
+    processing: ProcessingSettings,
+    pub echo: Arc<EchoReference>,
     /// Where decoded pictures (and, with the self view, captured ones) go.
     pub frames: Arc<dyn FrameSink>,
     /// Each peer's audio as the playout thread mixes it; peer sessions add and remove theirs.
@@ -59,6 +64,8 @@ impl LocalMedia {
             format,
             muted: Arc::new(AtomicBool::new(false)),
             camera_on: true,
+            processing: cfg.processing,
+            echo: Arc::new(EchoReference::default()),
             frames,
             audio_map: Arc::new(Mutex::new(HashMap::new())),
             _playout: None,
@@ -92,8 +99,12 @@ impl LocalMedia {
     }
 
     fn start_audio(&self, spec: &AudioSpec) -> Result<Option<AudioPipeline>, CallError> {
+        // Only a microphone hears a room: a synthetic source has no echo or noise to remove
+        // (and noise suppression would take its steady tone for noise).
+        let processing =
+            matches!(spec, AudioSpec::Mic(_)).then(|| CaptureProcessor::new(self.processing, Some(self.echo.clone())));
         Ok(match devices::open_audio(spec)? {
-            Some(src) => Some(AudioPipeline::start(src, self.muted.clone(), self.send.clone())?),
+            Some(src) => Some(AudioPipeline::start(src, processing, self.muted.clone(), self.send.clone())?),
             None => None,
         })
     }

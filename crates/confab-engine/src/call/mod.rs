@@ -78,6 +78,8 @@ pub struct CallConfig {
     /// Also hand captured local frames to the frame sink, as peer [`SELF_TILE`] (the UI's
     /// self view).
     pub self_view: bool,
+    /// Echo cancellation, noise suppression and gain control of a microphone.
+    pub processing: crate::audio_processing::ProcessingSettings,
 }
 
 impl CallConfig {
@@ -99,6 +101,7 @@ impl CallConfig {
             udp_bind: vec!["0.0.0.0:0".into()],
             extra_ice_servers: Vec::new(),
             self_view: false,
+            processing: Default::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 
 use super::{AudioSink, AudioSource, DeviceError, DeviceInfo, DeviceKind};
+use crate::audio_processing::EchoReference;
 use crate::codec::opus::{FRAME_SAMPLES, SAMPLE_RATE};
 use crate::worker::{StopFlag, Worker};
 
@@ -264,7 +265,9 @@ pub struct Speaker {
 const SPEAKER_AHEAD: usize = FRAME_SAMPLES * 3;
 
 impl Speaker {
-    pub fn open(id: Option<&str>) -> Result<Self, DeviceError> {
+    /// Opens a speaker; every sample it gives the device also goes to `echo`, the echo
+    /// canceller's reference.
+    pub fn open(id: Option<&str>, echo: Option<Arc<EchoReference>>) -> Result<Self, DeviceError> {
         let dev = find("speaker", id, false)?;
         let name = dev.description().map(|d| d.name().to_string()).unwrap_or_else(|_| "speaker".into());
         let shared = Arc::new(Shared { buf: Mutex::new(VecDeque::new()), ready: Condvar::new() });
@@ -278,6 +281,10 @@ impl Speaker {
                 let mut v: Vec<i16> = b.drain(..take).collect();
                 v.resize(n, 0);
                 sh.ready.notify_one();
+                drop(b);
+                if let Some(echo) = &echo {
+                    echo.played(v.iter().copied());
+                }
                 v
             };
             let err = stream_errors("speaker", stop);

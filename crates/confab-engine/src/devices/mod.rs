@@ -220,10 +220,15 @@ pub fn open_audio(spec: &AudioSpec) -> Result<Option<Box<dyn AudioSource>>, Devi
     })
 }
 
-pub fn open_sink(spec: &SinkSpec) -> Result<Box<dyn AudioSink>, DeviceError> {
+/// Opens where we play; a speaker also hands what it plays to `echo` (a null sink plays
+/// nothing a microphone could hear).
+pub fn open_sink(
+    spec: &SinkSpec,
+    echo: Option<std::sync::Arc<crate::audio_processing::EchoReference>>,
+) -> Result<Box<dyn AudioSink>, DeviceError> {
     Ok(match spec {
         SinkSpec::Null => Box::new(synthetic::NullSink::new()),
-        SinkSpec::Speaker(id) => Box::new(audio::Speaker::open(id.as_deref())?),
+        SinkSpec::Speaker(id) => Box::new(audio::Speaker::open(id.as_deref(), echo)?),
     })
 }
 

@@ -1,0 +1,203 @@
+//! What the microphone hears, cleaned before it is encoded: echo cancellation (the far end's
+//! voice, played by our speaker and picked up again by our microphone), noise suppression
+//! and automatic gain control, by `sonora` (a Rust port of WebRTC's audio processing
+//! module: AEC3, NS, AGC2; docs/architecture.md says why this one).
+//!
+//! The echo canceller needs what the speaker really played. The speaker's device callback
+//! hands every sample it gives the device to an [`EchoReference`]; the capture thread drains
+//! it before each microphone frame, so render and capture reach the canceller in the order
+//! they happened. What remains between them (the device buffers, the air) is AEC3's own
+//! delay estimation's job; it also follows the slow drift between a separate microphone's
+//! and speaker's clocks.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use sonora::config::{AdaptiveDigital, EchoCanceller, GainController2, HighPassFilter, NoiseSuppression};
+use sonora::{AudioProcessing, Config, StreamConfig};
+use tracing::warn;
+
+use crate::codec::opus::{FRAME_SAMPLES, SAMPLE_RATE};
+
+/// 10 ms at 48 kHz: the block the processing works in.
+pub const BLOCK: usize = SAMPLE_RATE as usize / 100;
+
+/// Which parts of the processing run. All on by default, as in every browser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessingSettings {
+    /// Echo cancellation.
+    pub aec: bool,
+    /// Noise suppression.
+    pub ns: bool,
+    /// Automatic gain control.
+    pub agc: bool,
+}
+
+impl Default for ProcessingSettings {
+    fn default() -> Self {
+        ProcessingSettings { aec: true, ns: true, agc: true }
+    }
+}
+
+impl ProcessingSettings {
+    pub const OFF: ProcessingSettings = ProcessingSettings { aec: false, ns: false, agc: false };
+
+    pub fn any(&self) -> bool {
+        self.aec || self.ns || self.agc
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            high_pass_filter: self.any().then(HighPassFilter::default),
+            echo_canceller: self.aec.then(EchoCanceller::default),
+            noise_suppression: self.ns.then(NoiseSuppression::default),
+            gain_controller2: self
+                .agc
+                .then(|| GainController2 { adaptive_digital: Some(AdaptiveDigital::default()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+}
+
+/// What the speaker played lately, from its device callback to the capture thread. Bounded:
+/// if nobody drains it (no microphone, or a stalled capture thread), the oldest goes.
+#[derive(Default)]
+pub struct EchoReference {
+    played: Mutex<VecDeque<i16>>,
+}
+
+/// A second of playback: more than any device buffer holds.
+const REFERENCE_CAP: usize = SAMPLE_RATE as usize;
+
+impl EchoReference {
+    /// Called from the speaker's callback with the samples just given to the device.
+    pub fn played(&self, samples: impl IntoIterator<Item = i16>) {
+        let mut q = self.played.lock().unwrap_or_else(|e| e.into_inner());
+        q.extend(samples);
+        let excess = q.len().saturating_sub(REFERENCE_CAP);
+        q.drain(..excess);
+    }
+
+    /// Moves every whole 10 ms block played so far into `out`.
+    fn take_blocks(&self, out: &mut Vec<i16>) {
+        let mut q = self.played.lock().unwrap_or_else(|e| e.into_inner());
+        let whole = q.len() / BLOCK * BLOCK;
+        out.extend(q.drain(..whole));
+    }
+}
+
+/// The processing of one microphone. Lives on the capture thread.
+pub struct CaptureProcessor {
+    settings: ProcessingSettings,
+    apm: AudioProcessing,
+    reference: Option<std::sync::Arc<EchoReference>>,
+    far: Vec<i16>,
+    /// Times the processor panicked and was made anew.
+    pub restarts: u32,
+}
+
+fn build(settings: ProcessingSettings) -> AudioProcessing {
+    let stream = StreamConfig::new(SAMPLE_RATE, 1);
+    AudioProcessing::builder().config(settings.config()).capture_config(stream).render_config(stream).build()
+}
+
+impl CaptureProcessor {
+    /// `reference` is what our speaker plays; without it there is no echo to cancel.
+    pub fn new(settings: ProcessingSettings, reference: Option<std::sync::Arc<EchoReference>>) -> Self {
+        CaptureProcessor { settings, apm: build(settings), reference, far: Vec::new(), restarts: 0 }
+    }
+
+    pub fn settings(&self) -> ProcessingSettings {
+        self.settings
+    }
+
+    /// Far-end audio, as played, in whole 10 ms blocks (for callers that hold the reference
+    /// themselves, as the corpus tests do).
+    pub fn render(&mut self, far: &[i16]) {
+        if !self.settings.aec {
+            return;
+        }
+        for block in far.chunks_exact(BLOCK) {
+            let mut out = [0i16; BLOCK];
+            if !self.guarded(|apm| apm.process_render_i16(block, &mut out)) {
+                return;
+            }
+        }
+    }
+
+    /// Cleans one 20 ms microphone frame in place, after taking in what the speaker played
+    /// since the last one.
+    pub fn capture(&mut self, near: &mut [i16; FRAME_SAMPLES]) {
+        if !self.settings.any() {
+            return;
+        }
+        if let Some(r) = self.reference.clone() {
+            let mut far = std::mem::take(&mut self.far);
+            far.clear();
+            r.take_blocks(&mut far);
+            self.render(&far);
+            self.far = far;
+        }
+        for block in near.chunks_exact_mut(BLOCK) {
+            let mut out = [0i16; BLOCK];
+            if self.guarded(|apm| apm.process_capture_i16(block, &mut out)) {
+                block.copy_from_slice(&out);
+            }
+        }
+    }
+
+    /// The echo canceller's own figure: how much echo it removes now, in dB.
+    pub fn erle_db(&self) -> Option<f64> {
+        self.apm.statistics().echo_return_loss_enhancement
+    }
+
+    /// Runs one call into the processor. `sonora` is young: if it panics, the block passes
+    /// unprocessed and a fresh processor takes over (it converges again within seconds),
+    /// rather than the microphone going silent for the rest of the call.
+    fn guarded<E: std::fmt::Debug>(&mut self, f: impl FnOnce(&mut AudioProcessing) -> Result<(), E>) -> bool {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut self.apm))) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(error = ?e, "audio processing refused a block");
+                false
+            }
+            Err(_) => {
+                self.restarts += 1;
+                warn!(restarts = self.restarts, "audio processing panicked; starting it again");
+                self.apm = build(self.settings);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_hands_over_whole_blocks_and_forgets_the_oldest() {
+        let r = EchoReference::default();
+        r.played(0..BLOCK as i16 + 7);
+        let mut out = Vec::new();
+        r.take_blocks(&mut out);
+        assert_eq!(out.len(), BLOCK, "the 7 left over wait for the rest of their block");
+        r.played(std::iter::repeat_n(1, 2 * REFERENCE_CAP));
+        out.clear();
+        r.take_blocks(&mut out);
+        assert_eq!(out.len(), REFERENCE_CAP, "bounded at a second");
+    }
+
+    #[test]
+    fn off_leaves_the_microphone_untouched() {
+        let mut p = CaptureProcessor::new(ProcessingSettings::OFF, None);
+        let mut frame = [0i16; FRAME_SAMPLES];
+        for (i, s) in frame.iter_mut().enumerate() {
+            *s = (i as i16).wrapping_mul(37);
+        }
+        let before = frame;
+        p.capture(&mut frame);
+        assert_eq!(frame, before);
+    }
+}
