@@ -172,13 +172,20 @@ fn open_error(kind: &'static str, name: String, e: &cpal::Error) -> DeviceError 
     }
 }
 
+/// Device periods of one 20 ms frame. A server's default buffers are far longer (PulseAudio
+/// asks for 2 s of playback): that much delay between mouth and ear, and an echo too late
+/// for the canceller to find.
+const PERIOD: u32 = FRAME_SAMPLES as u32;
+
 fn stream_config(dev: &cpal::Device, input: bool) -> Result<(cpal::StreamConfig, cpal::SampleFormat), cpal::Error> {
     let def = if input { dev.default_input_config() } else { dev.default_output_config() }?;
-    let cfg = cpal::StreamConfig {
-        channels: def.channels(),
-        sample_rate: SAMPLE_RATE as _,
-        buffer_size: cpal::BufferSize::Default,
+    let buffer_size = match def.buffer_size() {
+        cpal::SupportedBufferSize::Range { min, max } if (*min..=*max).contains(&PERIOD) => {
+            cpal::BufferSize::Fixed(PERIOD)
+        }
+        _ => cpal::BufferSize::Default,
     };
+    let cfg = cpal::StreamConfig { channels: def.channels(), sample_rate: SAMPLE_RATE as _, buffer_size };
     Ok((cfg, def.sample_format()))
 }
 
