@@ -163,12 +163,19 @@ pub struct Figures {
     pub double_talk_db: f64,
     /// Processing time per 10 ms block, µs.
     pub us_per_block: f64,
+    /// How much later the near voice comes out than it went in, ms.
+    pub added_latency_ms: f64,
 }
 
 /// How loud the near voice is in `out` over `range`: the gain of its best-fitting copy
 /// (projection onto the clean voice, at the lag the processing adds, up to 40 ms), so that
 /// left-over echo or noise does not count as voice.
 fn voice_gain_db(out: &[i16], near: &[i16], range: std::ops::Range<usize>) -> f64 {
+    voice_in(out, near, range).0
+}
+
+/// The near voice's gain in `out` (dB) and how late it comes out (samples).
+fn voice_in(out: &[i16], near: &[i16], range: std::ops::Range<usize>) -> (f64, usize) {
     let lag = (0..=4 * BLOCK)
         .max_by_key(|&lag| {
             let c: f64 = range.clone().map(|i| out.get(i + lag).copied().unwrap_or(0) as f64 * near[i] as f64).sum();
@@ -181,7 +188,7 @@ fn voice_gain_db(out: &[i16], near: &[i16], range: std::ops::Range<usize>) -> f6
         cross += out.get(i + lag).copied().unwrap_or(0) as f64 * n;
         own += n * n;
     }
-    20.0 * (cross / own.max(1e-9)).max(1e-9).log10()
+    (20.0 * (cross / own.max(1e-9)).max(1e-9).log10(), lag)
 }
 
 /// The scene with an echo `delay_ms` late and `drift_ppm` of drift, through `settings`.
@@ -198,12 +205,13 @@ pub fn scene(settings: ProcessingSettings, delay_ms: f64, drift_ppm: f64) -> Fig
     let settle = RATE / 2;
     let alone = NEAR_ALONE.start + settle..NEAR_ALONE.end;
     let both = DOUBLE_TALK.start + settle..DOUBLE_TALK.end;
-    let kept_alone = voice_gain_db(&out, &near, alone.clone());
+    let (kept_alone, lag) = voice_in(&out, &near, alone.clone());
     Figures {
         erle_db: db(power(&mic[converged.clone()]) / power(&out[converged])),
         near_alone_db: db(power(&out[alone.clone()]) / power(&mic[alone])),
         double_talk_db: voice_gain_db(&out, &near, both) - kept_alone,
         us_per_block: took.as_secs_f64() * 1e6 / (out.len() / BLOCK) as f64,
+        added_latency_ms: lag as f64 * 1000.0 / RATE as f64,
     }
 }
 
