@@ -11,6 +11,7 @@ fn main() {
         "leave",
         "set_muted",
         "set_camera",
+        "set_audio_processing",
         "send_chat",
         "frame_done",
         "tile_counts",

@@ -34,6 +34,20 @@ function frameChannel() {
 }
 const reportSize = (id, width, height) => invoke('set_tile_size', { tile: id, width, height }).catch(() => {});
 
+// ---------- sound processing (join screen and Settings) ----------
+const PROCESSING = [['aec', 'Echo cancellation'], ['ns', 'Noise suppression'], ['agc', 'Automatic gain control']];
+
+// What the join screen's Sound boxes say (they hold the choice during the call too).
+function processing() {
+  return Object.fromEntries(PROCESSING.map(([k]) => [k, $(`${k}-check`).checked]));
+}
+
+// Kept for next time, and applied at once during a call.
+async function setProcessing(key, on) {
+  $(`${key}-check`).checked = on;
+  try { await invoke('set_audio_processing', { processing: processing() }); } catch (e) { toast(String(e)); }
+}
+
 // ---------- join screen ----------
 function fillDevices(devices, settings) {
   const groups = { camera: $('camera-select'), microphone: $('mic-select'), speaker: $('speaker-select') };
@@ -79,6 +93,7 @@ async function join() {
     name: $('display-name').value, room: $('room-name').value, server: $('server-url').value.trim() || 'built-in',
     password: $('room-password').value || null, camera: $('camera-select').value,
     microphone: $('mic-select').value, speaker: $('speaker-select').value, host_on_network: $('host-network').checked,
+    audio_processing: processing(),
   };
   if (!req.name.trim()) { showJoinError('Please enter your name.'); $('display-name').focus(); return; }
   if (!req.room.trim()) { showJoinError('Please enter a room name.'); $('room-name').focus(); return; }
@@ -239,6 +254,14 @@ function toggleSettings() {
     const note = document.createElement('div');
     note.textContent = 'Devices are chosen on the join screen; Leave and Join again to change them.';
     body.append(note);
+    for (const [key, label] of PROCESSING) {
+      const row = document.createElement('label'); row.className = 'check';
+      const box = document.createElement('input'); box.type = 'checkbox'; box.id = `settings-${key}`;
+      box.checked = $(`${key}-check`).checked;
+      box.addEventListener('change', () => setProcessing(key, box.checked));
+      const text = document.createElement('span'); text.textContent = label;
+      row.append(box, text); body.append(row);
+    }
   }
 }
 
@@ -249,6 +272,7 @@ const chat = new Chat({
 });
 
 $('join-form').addEventListener('submit', (e) => { e.preventDefault(); join(); });
+for (const [key] of PROCESSING) $(`${key}-check`).addEventListener('change', (e) => setProcessing(key, e.target.checked));
 $('camera-select').addEventListener('change', startPreview);
 $('display-name').addEventListener('input', () => state.previewTile?.setName($('display-name').value || 'You'));
 $('leave-button').addEventListener('click', leave);
@@ -275,6 +299,7 @@ document.addEventListener('keydown', (e) => {
   $('room-name').value = init.room ?? s.room ?? '';
   $('server-url').value = init.server ?? s.server ?? 'built-in';
   $('host-network').checked = !!s.host_on_network;
+  for (const [key] of PROCESSING) $(`${key}-check`).checked = s.audio_processing?.[key] ?? true;
   $('version-line').textContent = `confab ${info.version}`;
   fillDevices(info.devices, s);
   await startPreview();

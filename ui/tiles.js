@@ -81,7 +81,9 @@ export function parseFrame(buf) {
   };
 }
 
-const initials = (name) => (name || '?').split(/\s+/).filter(Boolean).slice(0, 2).map((s) => s[0].toUpperCase()).join('') || '?';
+// Letters of words only: "Ada (you)" is "A", not "A(".
+const initials = (name) => (name || '?').split(/\s+/).filter((w) => /^\p{L}/u.test(w)).slice(0, 2)
+  .map((w) => w[0].toUpperCase()).join('') || '?';
 
 export class Tile {
   /** `onResize(id, w, h)` is told the tile's size in device pixels whenever it changes. */

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
+use confab_engine::audio_processing::ProcessingSettings;
 use confab_engine::devices::{self, AudioSpec, DeviceInfo, DeviceKind, SinkSpec, VideoSpec};
 use confab_engine::worker::Worker;
 use confab_engine::{Call, CallConfig, CallController, CallEvent, DecodedFrame, FrameSink};
@@ -155,6 +156,8 @@ struct JoinRequest {
     microphone: String,
     speaker: String,
     host_on_network: bool,
+    #[serde(default)]
+    audio_processing: ProcessingSettings,
 }
 
 #[derive(Serialize)]
@@ -229,6 +232,7 @@ async fn join(
     cfg.video = video;
     cfg.audio = audio;
     cfg.sink = sink;
+    cfg.processing = req.audio_processing;
     cfg.self_view = true;
     cfg.udp_bind = vec![format!("{}:0", state.udp_bind)];
     let fwd = Arc::new(FrameForwarder::new(frames));
@@ -244,6 +248,7 @@ async fn join(
         microphone: req.microphone.clone(),
         speaker: req.speaker.clone(),
         host_on_network: req.host_on_network,
+        audio_processing: req.audio_processing,
     };
     if let Err(e) = settings::save(&state.config_dir, &saved) {
         tracing::warn!(error = %e, "cannot save settings");
@@ -312,6 +317,21 @@ async fn set_muted(state: State<'_, AppState>, muted: bool) -> Result<(), String
         a.control.set_muted(muted).await;
     }
     Ok(())
+}
+
+/// Echo cancellation, noise suppression and gain control, from Settings: kept for the next
+/// call and, during one, applied at once.
+#[tauri::command]
+async fn set_audio_processing(state: State<'_, AppState>, processing: ProcessingSettings) -> Result<(), String> {
+    if let Some(a) = state.call.lock().await.as_ref() {
+        a.control.set_processing(processing).await;
+    }
+    let saved = {
+        let mut s = state.settings.lock().unwrap();
+        s.audio_processing = processing;
+        s.clone()
+    };
+    settings::save(&state.config_dir, &saved).map_err(|e| format!("cannot save settings: {e}"))
 }
 
 #[tauri::command]
@@ -401,6 +421,7 @@ fn main() {
             leave,
             set_muted,
             set_camera,
+            set_audio_processing,
             send_chat,
             frame_done,
             tile_counts,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use confab_engine::audio_processing::ProcessingSettings;
 use serde::{Deserialize, Serialize};
 
 /// `server` value meaning "run the signaling server inside the app".
@@ -21,6 +22,8 @@ pub struct Settings {
     pub speaker: String,
     /// Run the built-in server on all interfaces so others on the LAN can join.
     pub host_on_network: bool,
+    /// Echo cancellation, noise suppression, gain control (all on unless turned off).
+    pub audio_processing: ProcessingSettings,
 }
 
 impl Default for Settings {
@@ -33,6 +36,7 @@ impl Default for Settings {
             microphone: String::new(),
             speaker: String::new(),
             host_on_network: false,
+            audio_processing: ProcessingSettings::default(),
         }
     }
 }

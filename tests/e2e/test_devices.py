@@ -3,12 +3,16 @@ PulseAudio daemon (what a desktop runs; PipeWire speaks its protocol too) with c
 devices, and, on the other hand, a machine with no sound server and no sound card. The
 synthetic devices are off here, as for a real user."""
 
+import json
+import os
+import pathlib
 import shutil
 import subprocess
 import tempfile
 import time
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from conftest import need
 
@@ -75,3 +79,39 @@ def test_no_sound_server_and_no_card_says_so(app_factory, real_devices_only, mon
     assert app.js(CHOSEN, "speaker-select") == "No speaker"
     # The window still answers.
     assert app.js("return document.getElementById('join-button').disabled === false;")
+
+
+def test_sound_processing_switches_during_a_call(app_factory, real_devices_only, sound_server, signal_server, peers):
+    """The Sound choices on the join screen go with the call; in the call, Settings turns
+    echo cancellation off without leaving (the microphone stays open: Bob keeps hearing us),
+    and the choice is kept for next time."""
+    app = app_factory()
+    app.driver.find_element(By.CSS_SELECTOR, "details.more summary").click()
+    for el, text in (("display-name", "Ada"), ("room-name", "sound-e2e"), ("server-url", signal_server)):
+        field = app.driver.find_element(By.ID, el)
+        field.clear()
+        field.send_keys(text)
+    assert app.js("return ['aec', 'ns', 'agc'].every(k => document.getElementById(k + '-check').checked);"), \
+        "all on for a new user"
+    bob = peers(signal_server, "sound-e2e", "Bob", "--duration", "16")
+    app.driver.find_element(By.ID, "join-button").click()
+    app.wait_for("!document.getElementById('call-screen').hidden", why="no call screen after Join")
+    app.driver.find_element(By.ID, "settings-button").click()
+    app.wait_for("document.getElementById('settings-aec')?.checked === true", why="echo cancellation shown on")
+    app.driver.find_element(By.ID, "settings-aec").click()
+    saved = pathlib.Path(os.environ["XDG_CONFIG_HOME"]) / "org.confab.desktop" / "settings.json"
+    deadline = time.time() + 5
+    while not (saved.exists() and json.loads(saved.read_text())["audio_processing"]["aec"] is False):
+        page = app.js("return document.getElementById('toasts').textContent + ' / box ' + "
+                      "document.getElementById('settings-aec').checked;")
+        assert time.time() < deadline, f"echo cancellation off was not saved ({page}): " + (
+            saved.read_text() if saved.exists() else "no file")
+        time.sleep(0.1)
+    app.screenshot("call-settings-sound")
+    summary = bob.wait(lambda e: e.get("type") == "summary", timeout=30, why="the end of Bob's call")
+    ada = [p for p in summary["peers"] if p["name"] == "Ada"]
+    assert ada and not ada[0]["left"] and ada[0]["audio_packets_received"] > 500, summary
+    app.driver.find_element(By.ID, "leave-button").click()
+    app.wait_for("!document.getElementById('join-screen').hidden", why="no join screen after Leave")
+    assert app.js("return !document.getElementById('aec-check').checked && "
+                  "document.getElementById('ns-check').checked;"), "the choice is kept"

@@ -12,7 +12,8 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use sonora::config::{
     AdaptiveDigital, EchoCanceller, GainController2, HighPassFilter, NoiseSuppression, NoiseSuppressionLevel,
@@ -66,6 +67,30 @@ impl ProcessingSettings {
     }
 }
 
+/// The settings a running capture thread follows: the call changes them (Settings, during
+/// the call), the capture thread picks the change up at its next frame.
+#[derive(Debug)]
+pub struct ProcessingSwitch(AtomicU8);
+
+impl ProcessingSwitch {
+    pub fn new(s: ProcessingSettings) -> Self {
+        ProcessingSwitch(AtomicU8::new(Self::bits(s)))
+    }
+
+    fn bits(s: ProcessingSettings) -> u8 {
+        s.aec as u8 | (s.ns as u8) << 1 | (s.agc as u8) << 2
+    }
+
+    pub fn set(&self, s: ProcessingSettings) {
+        self.0.store(Self::bits(s), Relaxed);
+    }
+
+    pub fn get(&self) -> ProcessingSettings {
+        let b = self.0.load(Relaxed);
+        ProcessingSettings { aec: b & 1 != 0, ns: b & 2 != 0, agc: b & 4 != 0 }
+    }
+}
+
 /// What the speaker played lately, from its device callback to the capture thread. Bounded:
 /// if nobody drains it (no microphone, or a stalled capture thread), the oldest goes.
 #[derive(Default)]
@@ -97,7 +122,8 @@ impl EchoReference {
 pub struct CaptureProcessor {
     settings: ProcessingSettings,
     apm: AudioProcessing,
-    reference: Option<std::sync::Arc<EchoReference>>,
+    reference: Option<Arc<EchoReference>>,
+    switch: Option<Arc<ProcessingSwitch>>,
     far: Vec<i16>,
     /// 10 ms blocks taken in, for the periodic debug line.
     rendered: u64,
@@ -113,16 +139,22 @@ fn build(settings: ProcessingSettings) -> AudioProcessing {
 
 impl CaptureProcessor {
     /// `reference` is what our speaker plays; without it there is no echo to cancel.
-    pub fn new(settings: ProcessingSettings, reference: Option<std::sync::Arc<EchoReference>>) -> Self {
+    pub fn new(settings: ProcessingSettings, reference: Option<Arc<EchoReference>>) -> Self {
         CaptureProcessor {
             settings,
             apm: build(settings),
             reference,
+            switch: None,
             far: Vec::new(),
             rendered: 0,
             captured: 0,
             restarts: 0,
         }
+    }
+
+    /// Starts from what `switch` says, and follows it when it changes.
+    pub fn following(switch: Arc<ProcessingSwitch>, reference: Option<Arc<EchoReference>>) -> Self {
+        CaptureProcessor { switch: Some(switch.clone()), ..Self::new(switch.get(), reference) }
     }
 
     pub fn settings(&self) -> ProcessingSettings {
@@ -147,6 +179,12 @@ impl CaptureProcessor {
     /// Cleans one 20 ms microphone frame in place, after taking in what the speaker played
     /// since the last one.
     pub fn capture(&mut self, near: &mut [i16; FRAME_SAMPLES]) {
+        if let Some(wanted) = self.switch.as_ref().map(|s| s.get()).filter(|w| *w != self.settings) {
+            // A fresh processor: the parts turned on start from scratch, as at the start of
+            // a call; a part turned off is simply gone.
+            self.settings = wanted;
+            self.apm = build(wanted);
+        }
         if !self.settings.any() {
             return;
         }
@@ -216,6 +254,23 @@ mod tests {
         out.clear();
         r.take_blocks(&mut out);
         assert_eq!(out.len(), REFERENCE_CAP, "bounded at a second");
+    }
+
+    #[test]
+    fn a_running_processor_follows_its_switch() {
+        let switch = Arc::new(ProcessingSwitch::new(ProcessingSettings::default()));
+        let mut p = CaptureProcessor::following(switch.clone(), None);
+        let mut frame = [0i16; FRAME_SAMPLES];
+        p.capture(&mut frame);
+        assert_eq!(p.settings(), ProcessingSettings::default());
+        let just_aec = ProcessingSettings { aec: true, ns: false, agc: false };
+        switch.set(just_aec);
+        p.capture(&mut frame);
+        assert_eq!(p.settings(), just_aec, "picked up at the next frame");
+        for s in [ProcessingSettings::OFF, ProcessingSettings { aec: false, ns: true, agc: true }] {
+            switch.set(s);
+            assert_eq!(switch.get(), s);
+        }
     }
 
     #[test]

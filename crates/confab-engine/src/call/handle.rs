@@ -11,6 +11,7 @@ use super::local_media::LocalMedia;
 use super::server_link::ServerLink;
 use super::task::CallTask;
 use super::{CallConfig, CallError, CallEvent};
+use crate::audio_processing::ProcessingSettings;
 use crate::devices::{self, AudioSpec, VideoSpec};
 use crate::media::FrameSink;
 
@@ -19,6 +20,7 @@ pub(super) enum Command {
     Camera(bool),
     SwitchVideo(VideoSpec, oneshot::Sender<Result<(), CallError>>),
     SwitchAudio(AudioSpec, oneshot::Sender<Result<(), CallError>>),
+    Processing(ProcessingSettings),
     Chat(String),
     Leave(oneshot::Sender<()>),
 }
@@ -114,6 +116,11 @@ impl CallController {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(Command::SwitchAudio(spec, tx)).await.map_err(|_| CallError::Ended)?;
         rx.await.map_err(|_| CallError::Ended)?
+    }
+
+    /// Turns echo cancellation, noise suppression and gain control on or off mid-call.
+    pub async fn set_processing(&self, s: ProcessingSettings) {
+        let _ = self.cmd.send(Command::Processing(s)).await;
     }
 
     pub async fn chat(&self, text: impl Into<String>) {

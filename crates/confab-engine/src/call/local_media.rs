@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use confab_proto::ClientMsg;
 
 use super::{CallConfig, CallError};
-use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings};
+use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, ProcessingSwitch};
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
 use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline};
@@ -28,7 +28,7 @@ pub(super) struct LocalMedia {
     camera_on: bool,
     /// What a microphone's audio goes through, and what our speaker played (its echo
     /// reference).
-    processing: ProcessingSettings,
+    processing: Arc<ProcessingSwitch>,
     pub echo: Arc<EchoReference>,
     /// Where decoded pictures (and, with the self view, captured ones) go.
     pub frames: Arc<dyn FrameSink>,
@@ -64,7 +64,7 @@ impl LocalMedia {
             format,
             muted: Arc::new(AtomicBool::new(false)),
             camera_on: true,
-            processing: cfg.processing,
+            processing: Arc::new(ProcessingSwitch::new(cfg.processing)),
             echo: Arc::new(EchoReference::default()),
             frames,
             audio_map: Arc::new(Mutex::new(HashMap::new())),
@@ -101,8 +101,8 @@ impl LocalMedia {
     fn start_audio(&self, spec: &AudioSpec) -> Result<Option<AudioPipeline>, CallError> {
         // Only a microphone hears a room: a synthetic source has no echo or noise to remove
         // (and noise suppression would take its steady tone for noise).
-        let processing =
-            matches!(spec, AudioSpec::Mic(_)).then(|| CaptureProcessor::new(self.processing, Some(self.echo.clone())));
+        let processing = matches!(spec, AudioSpec::Mic(_))
+            .then(|| CaptureProcessor::following(self.processing.clone(), Some(self.echo.clone())));
         Ok(match devices::open_audio(spec)? {
             Some(src) => Some(AudioPipeline::start(src, processing, self.muted.clone(), self.send.clone())?),
             None => None,
@@ -112,6 +112,12 @@ impl LocalMedia {
     /// Our media state as the room hears it.
     pub fn state_msg(&self) -> ClientMsg {
         ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on }
+    }
+
+    /// Echo cancellation, noise suppression and gain control from now on; the microphone
+    /// stays open.
+    pub fn set_processing(&mut self, s: ProcessingSettings) {
+        self.processing.set(s);
     }
 
     pub fn set_muted(&mut self, muted: bool) {
