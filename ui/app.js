@@ -210,6 +210,10 @@ function onEvent(ev) {
       break;
     }
     case 'error': toast(ev.message, true); break;
+    case 'device':
+      if (ev.state === 'stopped') toast(`Your ${ev.kind} stopped (${ev.reason}); trying to get it back…`, true);
+      else toast(`Your ${ev.kind} is back.`);
+      break;
     case 'ended': if (state.screen === 'call' && ev.reason !== 'left') { toast(`Call ended: ${ev.reason}`, true); leaveToJoin(); } break;
   }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use confab_proto::PeerId;
 use tokio::sync::broadcast;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::audio_processing::CaptureProcessor;
 use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES, SAMPLE_RATE};
@@ -246,25 +246,64 @@ impl Drop for VideoPipeline {
     }
 }
 
+/// Opens the microphone again after it stopped delivering.
+pub type ReopenAudio = Box<dyn FnMut() -> Result<Box<dyn AudioSource>, crate::devices::DeviceError> + Send>;
+
+/// What a capture thread tells its call about its device (the call turns it into an event).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceNotice {
+    /// The device stopped delivering; confab keeps trying to open it again.
+    Stopped { kind: &'static str, reason: String },
+    /// It delivers again.
+    Back { kind: &'static str },
+}
+
+pub type DeviceNotices = Arc<dyn Fn(DeviceNotice) + Send + Sync>;
+
+/// How often a stopped microphone is tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
 /// Capture + Opus thread of the local audio. `muted` stops sending (the device stays open
 /// so unmuting is instant). A microphone's frames go through `processing` first (echo,
-/// noise, level); it keeps running while muted, so the echo canceller stays converged.
+/// noise, level); it keeps running while muted, so the echo canceller stays converged. A
+/// microphone that stops delivering (suspended, unplugged, its server restarted) is opened
+/// again through `reopen` until it is back, and `notices` hears of both, once each.
 pub struct AudioPipeline {
     _thread: Worker,
 }
 
 impl AudioPipeline {
     pub fn start(
-        mut source: Box<dyn AudioSource>,
+        source: Box<dyn AudioSource>,
+        mut reopen: Option<ReopenAudio>,
         mut processing: Option<CaptureProcessor>,
         muted: Arc<AtomicBool>,
         out: SendSide,
+        notices: DeviceNotices,
     ) -> Result<Self, crate::codec::opus::OpusError> {
         let mut enc = OpusEncoder::new(32_000)?;
         let thread = Worker::spawn("audio-capture", move |stop| {
+            let mut source = Some(source);
+            // Whether the call was told the microphone stopped (and not yet that it is back).
+            let mut stopped = false;
             while !stop.is_set() {
-                match source.next_frame() {
+                let Some(src) = source.as_mut() else {
+                    match reopen.as_mut().map(|open| open()) {
+                        Some(Ok(s)) => source = Some(s),
+                        Some(Err(e)) => {
+                            debug!(error = %e, "microphone not back yet");
+                            std::thread::park_timeout(REOPEN_EVERY);
+                        }
+                        None => break,
+                    }
+                    continue;
+                };
+                match src.next_frame() {
                     Ok(Some(mut pcm)) => {
+                        if std::mem::take(&mut stopped) {
+                            info!("microphone back");
+                            notices(DeviceNotice::Back { kind: "microphone" });
+                        }
                         if let Some(p) = processing.as_mut() {
                             p.capture(&mut pcm);
                         }
@@ -281,6 +320,13 @@ impl AudioPipeline {
                         }
                     }
                     Ok(None) => break,
+                    Err(e) if reopen.is_some() => {
+                        if !std::mem::replace(&mut stopped, true) {
+                            warn!(error = %e, "microphone stopped; opening it again until it is back");
+                            notices(DeviceNotice::Stopped { kind: "microphone", reason: e.to_string() });
+                        }
+                        source = None;
+                    }
                     Err(e) => {
                         warn!(error = %e, "audio capture failed");
                         break;

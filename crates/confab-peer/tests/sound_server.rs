@@ -396,3 +396,38 @@ async fn noise_suppression_keeps_the_far_ends_fan_out_of_the_call() {
     let off = bobs_noise_at_ada(&["--ns", "off"], "no-ns").await;
     assert!(off - on >= 15.0, "noise {on:.1} dB with suppression, {off:.1} dB without");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microphone_suspended_mid_call_comes_back() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();
+    let url = srv.ws_url();
+    let desk = SoundServer::start("suspend");
+    let (mut voice, feeder) = desk.play("room", talking(130.0, ADA_BAND, 20.0, 1, 0));
+    let mut ada = desk.command(PEER);
+    ada.args(["--server", &url, "--room", "suspend", "--name", "Ada", "--audio", "mic", "--speaker", "null"]);
+    ada.args(["--bind", "127.0.0.1", "--quiet-stats", "--size", "320x180", "--duration", "16"]);
+    let ada = Peer::spawn_command(ada);
+    let bob = Peer::start(&url, "suspend", "Bob", &["--audio", "synthetic:660", "--duration", "16"]);
+    ada.wait_for("the call", Duration::from_secs(15), |v| v["type"] == "connection" && v["state"] == "connected");
+    std::thread::sleep(Duration::from_secs(2));
+    // The sound server takes the microphone away for 3 s, as when a device is suspended.
+    assert!(desk.pactl(&["suspend-source", "mic", "1"]));
+    ada.wait_for("the microphone stopping", Duration::from_secs(8), |v| {
+        v["type"] == "device" && v["state"] == "stopped"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(desk.pactl(&["suspend-source", "mic", "0"]));
+    ada.wait_for("the microphone back", Duration::from_secs(8), |v| v["type"] == "device" && v["state"] == "back");
+    let (ada_ok, ada_lines) = tokio::task::spawn_blocking(|| ada.finish()).await.unwrap();
+    let (bob_ok, bob_lines) = tokio::task::spawn_blocking(|| bob.finish()).await.unwrap();
+    let _ = voice.kill();
+    let _ = voice.wait();
+    let _ = feeder.join();
+    assert!(ada_ok && bob_ok, "{ada_lines:?}");
+    // 20 ms packets: over 16 s, about 800 if nothing stopped; about 150 if the microphone's
+    // audio had ended when it was suspended.
+    let heard = peer_in(&bob_lines, "Ada")["audio_packets_received"].as_u64().unwrap();
+    assert!(heard > 450, "Bob heard Ada again after the microphone came back: {heard} packets");
+}

@@ -83,8 +83,28 @@ pub enum CallEvent {
     Error {
         message: String,
     },
+    /// One of our devices stopped delivering (`state` "stopped", with `reason`; confab keeps
+    /// opening it again) or is back ("back").
+    Device {
+        kind: String,
+        state: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The call is over; no more events follow.
     Ended {
         reason: String,
     },
+}
+
+impl From<crate::media::DeviceNotice> for CallEvent {
+    fn from(n: crate::media::DeviceNotice) -> Self {
+        use crate::media::DeviceNotice as N;
+        match n {
+            N::Stopped { kind, reason } => {
+                CallEvent::Device { kind: kind.into(), state: "stopped".into(), reason: Some(reason) }
+            }
+            N::Back { kind } => CallEvent::Device { kind: kind.into(), state: "back".into(), reason: None },
+        }
+    }
 }

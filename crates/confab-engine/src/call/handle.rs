@@ -13,7 +13,7 @@ use super::task::CallTask;
 use super::{CallConfig, CallError, CallEvent};
 use crate::audio_processing::ProcessingSettings;
 use crate::devices::{self, AudioSpec, VideoSpec};
-use crate::media::FrameSink;
+use crate::media::{DeviceNotices, FrameSink};
 
 pub(super) enum Command {
     Mute(bool),
@@ -52,14 +52,19 @@ impl Call {
     /// Opens the devices, connects to the server and joins the room. Returns once the
     /// server said `joined`; the first event is [`CallEvent::Joined`].
     pub async fn join(cfg: CallConfig, frames: Arc<dyn FrameSink>) -> Result<Call, CallError> {
+        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let device_events = ev_tx.clone();
+        let notices: DeviceNotices = Arc::new(move |n| {
+            // From a capture thread: never block it; a full queue loses the notice.
+            let _ = device_events.try_send(CallEvent::from(n));
+        });
         // Devices first: a busy camera should fail the join, not half a call.
-        let mut media = LocalMedia::open(&cfg, frames)?;
+        let mut media = LocalMedia::open(&cfg, frames, notices)?;
         let sink = devices::open_sink(&cfg.sink, Some(media.echo.clone()))?;
 
         let (link, joined) = ServerLink::connect(&cfg).await?;
         let me = link.me().clone();
         info!(peer = %me, room = %joined.room, peers = joined.peers.len(), "joined");
-        let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (pc_tx, pc_rx) = mpsc::channel(1024);
         media.play_to(sink);

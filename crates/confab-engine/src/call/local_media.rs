@@ -12,7 +12,9 @@ use super::{CallConfig, CallError};
 use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, ProcessingSwitch};
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
-use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline};
+use crate::media::{
+    AudioPipeline, AudioPlayoutThread, DeviceNotices, FrameSink, PeerAudioMap, ReopenAudio, SendSide, VideoPipeline,
+};
 
 pub(super) struct LocalMedia {
     /// Encoded media, keyframe requests and the video budget, shared by every peer's senders.
@@ -30,6 +32,8 @@ pub(super) struct LocalMedia {
     /// reference).
     processing: Arc<ProcessingSwitch>,
     pub echo: Arc<EchoReference>,
+    /// Where the capture threads report a device stopping and coming back.
+    notices: DeviceNotices,
     /// Where decoded pictures (and, with the self view, captured ones) go.
     pub frames: Arc<dyn FrameSink>,
     /// Each peer's audio as the playout thread mixes it; peer sessions add and remove theirs.
@@ -48,7 +52,7 @@ struct VideoFormat {
 
 impl LocalMedia {
     /// Opens the camera and microphone the config names and starts their pipelines.
-    pub fn open(cfg: &CallConfig, frames: Arc<dyn FrameSink>) -> Result<LocalMedia, CallError> {
+    pub fn open(cfg: &CallConfig, frames: Arc<dyn FrameSink>, notices: DeviceNotices) -> Result<LocalMedia, CallError> {
         let format = VideoFormat {
             width: cfg.width,
             height: cfg.height,
@@ -66,6 +70,7 @@ impl LocalMedia {
             camera_on: true,
             processing: Arc::new(ProcessingSwitch::new(cfg.processing)),
             echo: Arc::new(EchoReference::default()),
+            notices,
             frames,
             audio_map: Arc::new(Mutex::new(HashMap::new())),
             _playout: None,
@@ -103,8 +108,23 @@ impl LocalMedia {
         // (and noise suppression would take its steady tone for noise).
         let processing = matches!(spec, AudioSpec::Mic(_))
             .then(|| CaptureProcessor::following(self.processing.clone(), Some(self.echo.clone())));
+        // A microphone that stops is opened again; a synthetic source cannot stop.
+        let reopen = matches!(spec, AudioSpec::Mic(_)).then(|| {
+            let spec = spec.clone();
+            Box::new(move || {
+                devices::open_audio(&spec)?
+                    .ok_or(devices::DeviceError::NotFound { kind: "microphone", id: String::new() })
+            }) as ReopenAudio
+        });
         Ok(match devices::open_audio(spec)? {
-            Some(src) => Some(AudioPipeline::start(src, processing, self.muted.clone(), self.send.clone())?),
+            Some(src) => Some(AudioPipeline::start(
+                src,
+                reopen,
+                processing,
+                self.muted.clone(),
+                self.send.clone(),
+                self.notices.clone(),
+            )?),
             None => None,
         })
     }
