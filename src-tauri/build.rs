@@ -7,6 +7,8 @@ fn main() {
         "save_settings",
         "start_preview",
         "stop_preview",
+        "start_mic_test",
+        "stop_mic_test",
         "join",
         "leave",
         "set_muted",

@@ -81,6 +81,15 @@ async function startPreview() {
   }
 }
 
+// "Test your mic": the chosen microphone's level under its list while on the join screen.
+async function startMicTest() {
+  if (state.screen !== 'join') return;
+  const levels = new Channel(), meter = $('join-meter');
+  levels.onmessage = (dbfs) => { meter.dataset.dbfs = String(dbfs); showLevel(meter, dbfs); };
+  showLevel(meter, -100);
+  try { await invoke('start_mic_test', { microphone: $('mic-select').value, levels }); } catch (e) { showJoinError(String(e)); }
+}
+
 function showJoinError(text) {
   const box = $('join-error');
   box.hidden = !text; box.textContent = text || '';
@@ -140,6 +149,7 @@ function leaveToJoin() {
   $('call-screen').hidden = true; $('join-screen').hidden = false; $('banner').hidden = true;
   chat.setOpen(false); $('settings-panel').hidden = true;
   startPreview();
+  startMicTest();
 }
 
 async function leave() {
@@ -210,12 +220,24 @@ function onEvent(ev) {
       break;
     }
     case 'error': toast(ev.message, true); break;
+    case 'levels':
+      for (const l of ev.levels) {
+        const tile = l.peer_id === 'self' ? state.selfTile : state.peers.get(l.peer_id)?.tile;
+        tile?.setSpeaking(l.speaking);
+        if (l.peer_id === 'self') showLevel($('call-meter'), l.dbfs);
+      }
+      break;
     case 'device':
       if (ev.state === 'stopped') toast(`Your ${ev.kind} stopped (${ev.reason}); trying to get it back…`, true);
       else toast(`Your ${ev.kind} is back.`);
       break;
     case 'ended': if (state.screen === 'call' && ev.reason !== 'left') { toast(`Call ended: ${ev.reason}`, true); leaveToJoin(); } break;
   }
+}
+
+// A level meter: -60 dBFS and below empty, -10 and above full.
+function showLevel(meter, dbfs) {
+  if (meter) meter.style.setProperty('--level', String(Math.min(1, Math.max(0, (dbfs + 60) / 50))));
 }
 
 function setPressed(id, pressed, offLabel, onLabel) {
@@ -278,6 +300,7 @@ const chat = new Chat({
 $('join-form').addEventListener('submit', (e) => { e.preventDefault(); join(); });
 for (const [key] of PROCESSING) $(`${key}-check`).addEventListener('change', (e) => setProcessing(key, e.target.checked));
 $('camera-select').addEventListener('change', startPreview);
+$('mic-select').addEventListener('change', startMicTest);
 $('display-name').addEventListener('input', () => state.previewTile?.setName($('display-name').value || 'You'));
 $('leave-button').addEventListener('click', leave);
 $('mic-button').addEventListener('click', toggleMic);
@@ -307,6 +330,7 @@ document.addEventListener('keydown', (e) => {
   $('version-line').textContent = `confab ${info.version}`;
   fillDevices(info.devices, s);
   await startPreview();
+  await startMicTest();
   (init.name || s.name) ? $('room-name').focus() : $('display-name').focus();
   window.confabReady = true;
 })();

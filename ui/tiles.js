@@ -124,6 +124,11 @@ export class Tile {
       this.cameraOff = !camera;
     }
   }
+  /** Marks the tile while its person talks (`data-speaking` says so for tests too). */
+  setSpeaking(on) {
+    this.el.classList.toggle('speaking', on);
+    this.el.dataset.speaking = String(on);
+  }
   setState(text) {
     const s = this.el.querySelector('.state');
     s.hidden = !text; s.textContent = text || '';

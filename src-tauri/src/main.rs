@@ -50,6 +50,8 @@ struct AppState {
     call: tokio::sync::Mutex<Option<Active>>,
     /// The join screen's camera preview.
     preview: Mutex<Option<Worker>>,
+    /// The join screen's microphone test (its level meter).
+    mic_test: Mutex<Option<Worker>>,
     /// Where frames go now (the preview's or the call's forwarder).
     frames: Mutex<Option<Arc<FrameForwarder>>>,
     builtin: tokio::sync::Mutex<builtin::BuiltIn>,
@@ -135,6 +137,61 @@ fn start_preview(
     Ok(())
 }
 
+/// The microphone the page chose, as a call would open it: with synthetic devices on, the
+/// default microphone of a machine that has none is the synthetic tone; with none at all,
+/// nothing.
+fn audio_spec(id: &str, synthetic: bool) -> AudioSpec {
+    let has_mic = || devices_for(false).iter().any(|d| d.kind == DeviceKind::Microphone);
+    match AudioSpec::from_device_id(id) {
+        AudioSpec::Mic(None) if !has_mic() && synthetic => AudioSpec::Synthetic(440.0),
+        AudioSpec::Mic(None) if !has_mic() => AudioSpec::None,
+        spec => spec,
+    }
+}
+
+/// The join screen's "test your mic": opens the chosen microphone and sends its level
+/// (dBFS, the loudest of each 100 ms) to `levels` until stopped, another microphone is
+/// chosen, or the call starts.
+#[tauri::command]
+async fn start_mic_test(state: State<'_, AppState>, microphone: String, levels: Channel<f32>) -> Result<(), String> {
+    stop_mic_test_inner(&state);
+    let spec = audio_spec(&microphone, state.synthetic);
+    // Opening a device can take a while (ALSA probes it): not on the UI thread.
+    let source = tauri::async_runtime::spawn_blocking(move || devices::open_audio(&spec))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let Some(mut source) = source else { return Ok(()) };
+    let test = Worker::spawn("mic-test", move |stop| {
+        let mut loudest = confab_engine::levels::FLOOR_DBFS;
+        let mut n = 0;
+        while !stop.is_set() {
+            let Ok(Some(pcm)) = source.next_frame() else { break };
+            loudest = loudest.max(confab_engine::levels::level_dbfs(&pcm));
+            n += 1;
+            if n % 5 == 0 {
+                if levels.send(loudest).is_err() {
+                    break;
+                }
+                loudest = confab_engine::levels::FLOOR_DBFS;
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    *state.mic_test.lock().unwrap() = Some(test);
+    Ok(())
+}
+
+fn stop_mic_test_inner(state: &AppState) {
+    let test = state.mic_test.lock().unwrap().take();
+    drop(test);
+}
+
+#[tauri::command]
+fn stop_mic_test(state: State<'_, AppState>) {
+    stop_mic_test_inner(&state);
+}
+
 fn stop_preview_inner(state: &AppState) {
     let preview = state.preview.lock().unwrap().take();
     // Dropping the worker stops the preview thread and waits for it (the camera closes).
@@ -197,6 +254,7 @@ async fn join(
     let server_setting = req.server.trim().to_string();
     leave_inner(&state).await;
     stop_preview_inner(&state);
+    stop_mic_test_inner(&state);
 
     let (url, share) = if server_setting.is_empty() || server_setting == BUILT_IN {
         let mut b = state.builtin.lock().await;
@@ -217,11 +275,7 @@ async fn join(
     let has = |kind: DeviceKind| devices_for(false).iter().any(|d| d.kind == kind);
     // The default microphone or speaker of a machine that has none: the synthetic tone if
     // allowed, else silence; the call goes on either way.
-    let audio = match AudioSpec::from_device_id(&req.microphone) {
-        AudioSpec::Mic(None) if !has(DeviceKind::Microphone) && state.synthetic => AudioSpec::Synthetic(440.0),
-        AudioSpec::Mic(None) if !has(DeviceKind::Microphone) => AudioSpec::None,
-        spec => spec,
-    };
+    let audio = audio_spec(&req.microphone, state.synthetic);
     let sink = match SinkSpec::from_device_id(&req.speaker) {
         SinkSpec::Speaker(None) if !has(DeviceKind::Speaker) => SinkSpec::Null,
         spec => spec,
@@ -404,6 +458,7 @@ fn main() {
                 settings: Mutex::new(settings),
                 call: tokio::sync::Mutex::new(None),
                 preview: Mutex::new(None),
+                mic_test: Mutex::new(None),
                 frames: Mutex::new(None),
                 builtin: tokio::sync::Mutex::new(builtin::BuiltIn::default()),
                 synthetic,
@@ -417,6 +472,8 @@ fn main() {
             save_settings,
             start_preview,
             stop_preview,
+            start_mic_test,
+            stop_mic_test,
             join,
             leave,
             set_muted,

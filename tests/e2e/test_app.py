@@ -41,6 +41,9 @@ def test_join_see_mute_chat_leave(app_factory, signal_server, peers):
     # The join screen with its live preview.
     app.wait_for("Number(document.querySelector('#preview [data-tile]')?.dataset.framesDrawn) > 5",
                  why="the camera preview never drew")
+    # "Test your mic": the meter under the microphone list moves with the synthetic tone.
+    app.wait_for("Number(document.getElementById('join-meter').dataset.dbfs) > -40",
+                 why="the microphone meter never moved")
     fill(app, "display-name", "Ada")
     fill(app, "room-name", "e2e-room")
     app.driver.find_element(By.CSS_SELECTOR, "details.more summary").click()
@@ -64,11 +67,17 @@ def test_join_see_mute_chat_leave(app_factory, signal_server, peers):
     assert px["dark"] > 0.1 and px["light"] > 0.1, f"no stamp blocks in the top strip: {px}"
     # Bob saw our video and heard us too.
     bob.wait(lambda e: e.get("type") == "first_frame", why="our first frame")
+    # Bob's tone and ours are voices that never pause: both tiles are marked speaking.
+    app.wait_for(f"document.querySelector(\"{REMOTE}\").dataset.speaking === 'true'", why="Bob marked speaking")
+    app.wait_for("document.querySelector(\"[data-peer-id='self']\").dataset.speaking === 'true'",
+                 why="our own tile marked speaking")
     app.screenshot("call-screen")
 
     # Mute is seen by the peer.
     app.driver.find_element(By.ID, "mic-button").click()
     bob.wait(lambda e: e.get("type") == "remote_state" and e["muted"] is True, why="us muted")
+    app.wait_for("document.querySelector(\"[data-peer-id='self']\").dataset.speaking === 'false'",
+                 why="a muted self still marked speaking")
     assert app.driver.find_element(By.ID, "mic-button").get_attribute("aria-pressed") == "true"
 
     # Chat both ways.

@@ -28,6 +28,7 @@ pub mod codec;
 pub mod devices;
 pub mod frame;
 pub mod jitter;
+pub mod levels;
 pub mod media;
 pub mod mixer;
 pub mod negotiation;

@@ -26,6 +26,7 @@ use crate::codec::vp8::{Vp8Config, Vp8Decoder, Vp8Encoder};
 use crate::devices::{AudioSink, AudioSource, CapturedFrame, VideoSource};
 use crate::frame::I420Frame;
 use crate::jitter::{AudioTick, JitterBuffer};
+use crate::levels::{level_dbfs, PeakLevel};
 use crate::mixer::mix;
 use crate::stamp::FrameStamp;
 use crate::vp8_rtp::Vp8Frame;
@@ -77,6 +78,8 @@ pub struct SendSide {
     pub frames_encoded: Arc<AtomicU64>,
     /// What the encoder may send (kbit/s), set from the bandwidth estimates; 0 = as configured.
     pub video_budget_kbps: Arc<AtomicU32>,
+    /// How loud our microphone is, as sent (silence while muted).
+    pub self_level: Arc<PeakLevel>,
 }
 
 impl SendSide {
@@ -88,6 +91,7 @@ impl SendSide {
             new_viewer: Arc::new(AtomicBool::new(false)),
             frames_encoded: Arc::new(AtomicU64::new(0)),
             video_budget_kbps: Arc::new(AtomicU32::new(0)),
+            self_level: Arc::new(PeakLevel::default()),
         }
     }
 }
@@ -310,6 +314,7 @@ impl AudioPipeline {
                         if muted.load(Relaxed) {
                             continue;
                         }
+                        out.self_level.note(level_dbfs(&pcm));
                         match enc.encode(&pcm) {
                             Ok(p) => {
                                 let _ = out
@@ -356,6 +361,8 @@ pub struct PeerAudio {
     decoder: OpusDecoder,
     /// The last ~1.4 s heard from this peer, for tone detection.
     recent: VecDeque<i16>,
+    /// How loud this peer is, as played.
+    pub level: PeakLevel,
     epoch: Instant,
 }
 
@@ -369,6 +376,7 @@ impl PeerAudio {
             jitter: JitterBuffer::new(),
             decoder: OpusDecoder::new()?,
             recent: VecDeque::with_capacity(RECENT_SAMPLES),
+            level: PeakLevel::default(),
             epoch: Instant::now(),
         })
     }
@@ -388,6 +396,7 @@ impl PeerAudio {
             self.recent.drain(..FRAME_SAMPLES);
         }
         self.recent.extend(pcm.iter().copied());
+        self.level.note(level_dbfs(&pcm));
         Some(pcm)
     }
 

@@ -96,6 +96,9 @@ struct Cli {
     /// Do not print per-second stats lines.
     #[arg(long)]
     quiet_stats: bool,
+    /// Print the voice levels (ours and each peer's, and who is speaking) five times a second.
+    #[arg(long)]
+    levels: bool,
 }
 
 fn on_off() -> clap::builder::BoolishValueParser {
@@ -317,7 +320,12 @@ async fn run(cli: Cli) -> Result<bool> {
                     CallEvent::Ended { .. } => { print(&serde_json::to_value(&ev)?); break; }
                     _ => {}
                 }
-                if !(cli.quiet_stats && matches!(ev, CallEvent::Stats { .. })) {
+                let quiet = match ev {
+                    CallEvent::Stats { .. } => cli.quiet_stats,
+                    CallEvent::Levels { .. } => !cli.levels,
+                    _ => false,
+                };
+                if !quiet {
                     print(&serde_json::to_value(&ev)?);
                 }
                 if let Some(text) = &cli.chat {

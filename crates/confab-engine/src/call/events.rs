@@ -28,6 +28,15 @@ pub struct PeerStats {
     pub video_budget_kbps: u32,
 }
 
+/// How loud one voice in the call is: ours (`peer_id` "self") or a peer's.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VoiceLevel {
+    pub peer_id: PeerId,
+    /// The loudest 20 ms since the last report, dBFS (-100 is silence).
+    pub dbfs: f32,
+    pub speaking: bool,
+}
+
 /// What a call reports.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -79,6 +88,10 @@ pub enum CallEvent {
     },
     Stats {
         stats: PeerStats,
+    },
+    /// Five times a second: how loud each voice is and who is speaking.
+    Levels {
+        levels: Vec<VoiceLevel>,
     },
     Error {
         message: String,

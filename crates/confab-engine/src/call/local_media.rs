@@ -6,14 +6,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use confab_proto::ClientMsg;
+use confab_proto::{ClientMsg, PeerId};
 
-use super::{CallConfig, CallError};
+use super::{CallConfig, CallError, VoiceLevel};
 use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, ProcessingSwitch};
 use crate::codec::vp8::Vp8Config;
 use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
+use crate::levels::Speaking;
 use crate::media::{
     AudioPipeline, AudioPlayoutThread, DeviceNotices, FrameSink, PeerAudioMap, ReopenAudio, SendSide, VideoPipeline,
+    SELF_TILE,
 };
 
 pub(super) struct LocalMedia {
@@ -39,6 +41,8 @@ pub(super) struct LocalMedia {
     /// Each peer's audio as the playout thread mixes it; peer sessions add and remove theirs.
     pub audio_map: PeerAudioMap,
     _playout: Option<AudioPlayoutThread>,
+    /// Who is speaking, ourselves included.
+    speaking: HashMap<PeerId, Speaking>,
 }
 
 #[derive(Clone, Copy)]
@@ -74,6 +78,7 @@ impl LocalMedia {
             frames,
             audio_map: Arc::new(Mutex::new(HashMap::new())),
             _playout: None,
+            speaking: HashMap::new(),
         };
         media.video = media.start_video(&cfg.video)?;
         media.audio = media.start_audio(&cfg.audio)?;
@@ -127,6 +132,22 @@ impl LocalMedia {
             )?),
             None => None,
         })
+    }
+
+    /// How loud each voice was since the last call, and who is speaking (`now_ms`: any
+    /// monotonic clock).
+    pub fn levels(&mut self, now_ms: u64) -> Vec<VoiceLevel> {
+        let mut heard = vec![(PeerId(SELF_TILE.into()), self.send.self_level.take())];
+        let peers: Vec<_> = self.audio_map.lock().unwrap().iter().map(|(id, a)| (id.clone(), a.clone())).collect();
+        heard.extend(peers.into_iter().map(|(id, a)| (id, a.lock().unwrap().level.take())));
+        self.speaking.retain(|id, _| heard.iter().any(|(h, _)| h == id));
+        heard
+            .into_iter()
+            .map(|(peer_id, dbfs)| {
+                let speaking = self.speaking.entry(peer_id.clone()).or_default().update(dbfs, now_ms);
+                VoiceLevel { peer_id, dbfs, speaking }
+            })
+            .collect()
     }
 
     /// Our media state as the room hears it.

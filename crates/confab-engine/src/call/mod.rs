@@ -43,7 +43,7 @@ mod stats;
 mod task;
 mod tracks;
 
-pub use events::{CallEvent, PeerStats};
+pub use events::{CallEvent, PeerStats, VoiceLevel};
 pub use handle::{Call, CallController};
 
 use confab_proto::{ErrorCode, IceServer};

@@ -70,6 +70,8 @@ impl CallTask {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+        let mut levels = tokio::time::interval(Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
         let mut leave_ack = None;
         let reason = loop {
             tokio::select! {
@@ -87,6 +89,12 @@ impl CallTask {
                 Some((peer, ev)) = pc_rx.recv() => self.pc_event(peer, ev).await,
                 _ = tick.tick() => self.stats().await,
                 _ = watchdog.tick() => self.repair().await,
+                _ = levels.tick() => {
+                    let levels = self.media.levels(started.elapsed().as_millis() as u64);
+                    // Levels are stale in 200 ms: one the UI has not taken yet is dropped, and
+                    // never holds up the call.
+                    let _ = self.ev_tx.try_send(CallEvent::Levels { levels });
+                }
             }
         };
         self.end(reason, leave_ack).await;
