@@ -138,6 +138,12 @@ impl Drop for SoundServer {
     }
 }
 
+/// A signaling server on loopback, for one test's call.
+async fn signal_server() -> confab_signal::ServerHandle {
+    let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    confab_signal::Server::bind(cfg).await.unwrap().spawn()
+}
+
 fn devices(server: &SoundServer) -> Vec<Value> {
     let out = server.command(PEER).arg("--list-devices").output().expect("run confab-peer --list-devices");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -177,8 +183,7 @@ fn tone(hz: f64, secs: f64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_through_real_sound_devices_carries_the_microphone_and_plays_the_speaker() {
     let _one = ONE_CALL_AT_A_TIME.lock().await;
-    let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
-    let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();
+    let srv = signal_server().await;
     let url = srv.ws_url();
     let sound = SoundServer::start("call");
     let pacat = |args: &[&str]| {
@@ -317,8 +322,7 @@ async fn desk_to_desk(
     bob_room: impl FnOnce(Vec<u8>) -> Vec<u8>,
     bob_args: &[&str],
 ) -> Vec<i16> {
-    let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
-    let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();
+    let srv = signal_server().await;
     let url = srv.ws_url();
     let (ada_desk, bob_desk) = (SoundServer::start(&format!("ada-{tag}")), SoundServer::start(&format!("bob-{tag}")));
     if laptop {
@@ -400,8 +404,7 @@ async fn noise_suppression_keeps_the_far_ends_fan_out_of_the_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_microphone_suspended_mid_call_comes_back() {
     let _one = ONE_CALL_AT_A_TIME.lock().await;
-    let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
-    let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();
+    let srv = signal_server().await;
     let url = srv.ws_url();
     let desk = SoundServer::start("suspend");
     let (mut voice, feeder) = desk.play("room", talking(130.0, ADA_BAND, 20.0, 1, 0));
