@@ -321,6 +321,7 @@ fn with_noise(pcm: Vec<u8>) -> Vec<u8> {
 /// 5 s of what Ada's speaker played during the call.
 async fn desk_to_desk(
     tag: &str,
+    call_secs: u32,
     laptop: bool,
     bob_room: impl FnOnce(Vec<u8>) -> Vec<u8>,
     bob_args: &[&str],
@@ -331,7 +332,7 @@ async fn desk_to_desk(
     if laptop {
         bob_desk.speaker_into_the_room();
     }
-    let secs = 16.0;
+    let secs = call_secs as f64 + 4.0;
     let ada_talks = ada_desk.play("room", talking(130.0, ADA_BAND, secs, 1, 0));
     let bob_talks = bob_desk.play("room", bob_room(talking(220.0, BOB_BAND, secs, 2, 1)));
     let ada_hears = ada_desk.record("desk.monitor");
@@ -340,7 +341,7 @@ async fn desk_to_desk(
         let mut cmd = desk.command(PEER);
         cmd.args(["--server", &url, "--room", &format!("desks-{tag}"), "--name", name]);
         cmd.args(["--audio", "mic", "--speaker", "speaker", "--bind", "127.0.0.1", "--quiet-stats"]);
-        cmd.args(["--size", "320x180", "--duration", "12"]).args(extra);
+        cmd.args(["--size", "320x180", "--duration", &call_secs.to_string()]).args(extra);
         Peer::spawn_command(cmd)
     };
     let ada = peer(&ada_desk, "Ada", &[]);
@@ -354,7 +355,7 @@ async fn desk_to_desk(
         let _ = feeder.join();
     }
     assert!(ada_ok && bob_ok, "both exchanged media: {ada_lines:?}");
-    // The last 5 s of the call, 6 s after it started: the processing has converged.
+    // The last 5 s of the call.
     let call = &heard[..heard.len().saturating_sub(RATE)];
     let window = call[call.len().saturating_sub(5 * RATE)..].to_vec();
     let bob_voice = band_level(&window, BOB_BAND);
@@ -366,7 +367,9 @@ async fn desk_to_desk(
 /// With Bob on laptop speakers: how far below Bob's voice Ada's own voice comes back to her
 /// speaker, in dB.
 async fn own_voice_below_the_other(bob_args: &[&str], tag: &str) -> f64 {
-    let heard = desk_to_desk(tag, true, |voice| voice, bob_args).await;
+    // 14 s before the last 5: the canceller has had three of Ada's turns to converge (on a
+    // fresh CI clone one was not always enough).
+    let heard = desk_to_desk(tag, 20, true, |voice| voice, bob_args).await;
     let (bob_voice, own_voice) = (band_level(&heard, BOB_BAND), band_level(&heard, ADA_BAND));
     eprintln!("{tag}: Bob's voice {bob_voice:.1} dB, Ada's own {own_voice:.1} dB");
     bob_voice - own_voice
@@ -376,7 +379,7 @@ async fn own_voice_below_the_other(bob_args: &[&str], tag: &str) -> f64 {
 /// Bob's voice is not (Bob's speaker does not reach his microphone here, so no echo of
 /// Ada's voice is there either).
 async fn bobs_noise_at_ada(bob_args: &[&str], tag: &str) -> f64 {
-    let heard = desk_to_desk(tag, false, with_noise, bob_args).await;
+    let heard = desk_to_desk(tag, 12, false, with_noise, bob_args).await;
     let noise = band_level(&heard, ADA_BAND);
     eprintln!("{tag}: Bob's noise {noise:.1} dB at Ada's speaker");
     noise
