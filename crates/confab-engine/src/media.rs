@@ -15,7 +15,6 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
 use confab_proto::PeerId;
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};

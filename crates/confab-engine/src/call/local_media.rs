@@ -109,12 +109,12 @@ impl LocalMedia {
     }
 
     fn start_audio(&self, spec: &AudioSpec) -> Result<Option<AudioPipeline>, CallError> {
+        let mic = matches!(spec, AudioSpec::Mic(_));
         // Only a microphone hears a room: a synthetic source has no echo or noise to remove
         // (and noise suppression would take its steady tone for noise).
-        let processing = matches!(spec, AudioSpec::Mic(_))
-            .then(|| CaptureProcessor::following(self.processing.clone(), Some(self.echo.clone())));
+        let processing = mic.then(|| CaptureProcessor::following(self.processing.clone(), Some(self.echo.clone())));
         // A microphone that stops is opened again; a synthetic source cannot stop.
-        let reopen = matches!(spec, AudioSpec::Mic(_)).then(|| {
+        let reopen = mic.then(|| {
             let spec = spec.clone();
             Box::new(move || {
                 devices::open_audio(&spec)?
