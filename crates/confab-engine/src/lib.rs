@@ -25,6 +25,7 @@ pub mod audio_processing;
 pub mod bwe;
 pub mod call;
 pub mod codec;
+pub mod device_recovery;
 pub mod devices;
 pub mod frame;
 pub mod jitter;

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use confab_proto::PeerId;
 use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::audio_processing::CaptureProcessor;
 use crate::codec::opus::{OpusDecoder, OpusEncoder, FRAME_SAMPLES, SAMPLE_RATE};
 use crate::codec::vp8::{Vp8Config, Vp8Decoder, Vp8Encoder};
+use crate::device_recovery::Recovery;
 use crate::devices::{AudioSink, AudioSource, CapturedFrame, VideoSource};
 use crate::frame::I420Frame;
 use crate::jitter::{AudioTick, JitterBuffer};
@@ -249,28 +250,17 @@ impl Drop for VideoPipeline {
     }
 }
 
-/// Opens the microphone again after it stopped delivering.
-pub type ReopenAudio = Box<dyn FnMut() -> Result<Box<dyn AudioSource>, crate::devices::DeviceError> + Send>;
-
-/// What a capture thread tells its call about its device (the call turns it into an event).
-#[derive(Clone, Debug, PartialEq)]
-pub enum DeviceNotice {
-    /// The device stopped delivering; confab keeps trying to open it again.
-    Stopped { kind: &'static str, reason: String },
-    /// It delivers again.
-    Back { kind: &'static str },
-}
-
-pub type DeviceNotices = Arc<dyn Fn(DeviceNotice) + Send + Sync>;
-
-/// How often a stopped microphone is tried again.
+/// How often a stopped device is tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// Frames a reopened speaker must take before it counts as playing again (1 s).
+const SPEAKER_PLAYS: u32 = 50;
 
 /// Capture + Opus thread of the local audio. `muted` stops sending (the device stays open
 /// so unmuting is instant). A microphone's frames go through `processing` first (echo,
 /// noise, level); it keeps running while muted, so the echo canceller stays converged. A
 /// microphone that stops delivering (suspended, unplugged, its server restarted) is opened
-/// again through `reopen` until it is back, and `notices` hears of both, once each.
+/// again through `recovery` until it is back, or the default one if it is gone.
 pub struct AudioPipeline {
     _thread: Worker,
 }
@@ -278,34 +268,27 @@ pub struct AudioPipeline {
 impl AudioPipeline {
     pub fn start(
         source: Box<dyn AudioSource>,
-        mut reopen: Option<ReopenAudio>,
+        mut recovery: Option<Recovery<Box<dyn AudioSource>>>,
         mut processing: Option<CaptureProcessor>,
         muted: Arc<AtomicBool>,
         out: SendSide,
-        notices: DeviceNotices,
     ) -> Result<Self, crate::codec::opus::OpusError> {
         let mut enc = OpusEncoder::new(32_000)?;
         let thread = Worker::spawn("audio-capture", move |stop| {
             let mut source = Some(source);
-            // Whether the call was told the microphone stopped (and not yet that it is back).
-            let mut stopped = false;
             while !stop.is_set() {
                 let Some(src) = source.as_mut() else {
-                    match reopen.as_mut().map(|open| open()) {
-                        Some(Ok(s)) => source = Some(s),
-                        Some(Err(e)) => {
-                            debug!(error = %e, "microphone not back yet");
-                            std::thread::park_timeout(REOPEN_EVERY);
-                        }
-                        None => break,
+                    let Some(r) = recovery.as_mut() else { break };
+                    source = r.attempt();
+                    if source.is_none() {
+                        std::thread::park_timeout(REOPEN_EVERY);
                     }
                     continue;
                 };
                 match src.next_frame() {
                     Ok(Some(mut pcm)) => {
-                        if std::mem::take(&mut stopped) {
-                            info!("microphone back");
-                            notices(DeviceNotice::Back { kind: "microphone" });
+                        if let Some(r) = recovery.as_mut() {
+                            r.delivering();
                         }
                         if let Some(p) = processing.as_mut() {
                             p.capture(&mut pcm);
@@ -324,17 +307,17 @@ impl AudioPipeline {
                         }
                     }
                     Ok(None) => break,
-                    Err(e) if reopen.is_some() => {
-                        if !std::mem::replace(&mut stopped, true) {
-                            warn!(error = %e, "microphone stopped; opening it again until it is back");
-                            notices(DeviceNotice::Stopped { kind: "microphone", reason: e.to_string() });
+                    Err(e) => match recovery.as_mut() {
+                        Some(r) => {
+                            debug!(error = %e, "microphone stopped");
+                            r.failed(e);
+                            source = None;
                         }
-                        source = None;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "audio capture failed");
-                        break;
-                    }
+                        None => {
+                            warn!(error = %e, "audio capture failed");
+                            break;
+                        }
+                    },
                 }
             }
         })
@@ -421,22 +404,67 @@ impl PeerAudio {
 pub type PeerAudioMap = Arc<Mutex<HashMap<PeerId, Arc<Mutex<PeerAudio>>>>>;
 
 /// The audio playout thread: every 20 ms (paced by the sink), one frame from each peer,
-/// mixed.
+/// mixed. A speaker that stops is opened again through `recovery` (or the default one
+/// instead); meanwhile the mix goes on at real-time pace into nothing, so that every peer's
+/// jitter buffer keeps draining and sound resumes in step.
 pub struct AudioPlayoutThread {
     _thread: Worker,
 }
 
 impl AudioPlayoutThread {
-    pub fn start(mut sink: Box<dyn AudioSink>, peers: PeerAudioMap) -> Self {
+    pub fn start(
+        mut sink: Box<dyn AudioSink>,
+        mut recovery: Option<Recovery<Box<dyn AudioSink>>>,
+        peers: PeerAudioMap,
+    ) -> Self {
         let thread = Worker::spawn("audio-playout", move |stop| {
+            // While the speaker is being opened again: when it was last tried.
+            let mut reopening: Option<Instant> = None;
+            // Frames the speaker took since it was opened again; enough of them mean it plays.
+            let mut played = 0u32;
             while !stop.is_set() {
+                if let (Some(since), Some(r)) = (reopening, recovery.as_mut()) {
+                    if since.elapsed() >= REOPEN_EVERY {
+                        match r.attempt() {
+                            Some(s) => {
+                                sink = s;
+                                reopening = None;
+                                played = 0;
+                            }
+                            None => reopening = Some(Instant::now()),
+                        }
+                    }
+                }
                 let list: Vec<Arc<Mutex<PeerAudio>>> = peers.lock().unwrap().values().cloned().collect();
                 let frames: Vec<[i16; FRAME_SAMPLES]> =
                     list.iter().filter_map(|p| p.lock().unwrap().next_frame()).collect();
                 let mixed = mix(frames.iter());
-                if let Err(e) = sink.play(&mixed) {
-                    warn!(error = %e, "audio playback failed");
-                    break;
+                match sink.play(&mixed) {
+                    Ok(()) if reopening.is_none() => {
+                        // A speaker that does not play blocks and fails within seconds: a
+                        // second of frames taken means it plays.
+                        played += 1;
+                        if played == SPEAKER_PLAYS {
+                            if let Some(r) = recovery.as_mut() {
+                                r.delivering();
+                            }
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => match recovery.as_mut() {
+                        Some(r) => {
+                            debug!(error = %e, "speaker stopped");
+                            r.failed(e);
+                            // The first attempt at once: a device that is simply gone moves
+                            // to the default without a gap worth mentioning.
+                            reopening = Some(Instant::now() - REOPEN_EVERY);
+                            sink = Box::new(crate::devices::synthetic::NullSink::new());
+                        }
+                        None => {
+                            warn!(error = %e, "audio playback failed");
+                            break;
+                        }
+                    },
                 }
             }
             debug!("playout stopped");

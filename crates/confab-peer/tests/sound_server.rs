@@ -12,131 +12,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
+use support::sound::{band_level, talking, tone, with_noise, SoundServer, ADA_BAND, BOB_BAND, RATE};
 use support::{peer_in, Peer, ONE_CALL_AT_A_TIME, PEER};
-
-const RATE: usize = 48_000;
-
-/// One PulseAudio daemon in its own runtime directory. Devices: the speaker `desk`, the
-/// room that the microphone hears (`room`, a sink to play into), and the microphone `mic`
-/// (the room's monitor remapped, so that it is a real source and not a monitor). `desk` and
-/// `mic` are the defaults.
-struct SoundServer {
-    dir: PathBuf,
-    daemon: Child,
-}
-
-impl SoundServer {
-    fn start(name: &str) -> SoundServer {
-        let dir = std::env::temp_dir().join(format!("confab-pulse-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let sink = |name: &str, description: &str| {
-            format!("module-null-sink sink_name={name} rate=48000 channels=1 sink_properties=device.description={description}")
-        };
-        let mut cmd = Command::new("pulseaudio");
-        cmd.args(["-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no"])
-            .args(["-L", &format!("module-native-protocol-unix auth-cookie={}", dir.join("cookie").display())])
-            .args(["-L", &sink("desk", "Desk-Speakers"), "-L", &sink("room", "Room")])
-            .args(["-L", "module-remap-source source_name=mic master=room.monitor source_properties=device.description=Desk-Microphone"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        env(&mut cmd, &dir);
-        let daemon = cmd.spawn().expect("start pulseaudio (scripts/bootstrap installs it)");
-        let server = SoundServer { dir, daemon };
-        let end = Instant::now() + Duration::from_secs(10);
-        while !server.pactl(&["info"]) {
-            assert!(Instant::now() < end, "pulseaudio did not come up within 10 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(server.pactl(&["set-default-sink", "desk"]) && server.pactl(&["set-default-source", "mic"]));
-        server
-    }
-
-    /// A command that uses this server, as every client on a desktop uses its session's.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        env(&mut cmd, &self.dir);
-        cmd
-    }
-
-    /// Our speaker plays into the room our microphone hears: laptop speakers, no headset.
-    fn speaker_into_the_room(&self) {
-        assert!(self.pactl(&["set-default-sink", "room"]));
-    }
-
-    /// `pacat` playing `pcm` (16-bit mono 48 kHz) into `device`; stops when the returned
-    /// child is killed.
-    fn play(&self, device: &str, pcm: Vec<u8>) -> (Child, std::thread::JoinHandle<()>) {
-        let mut cmd = self.command("pacat");
-        cmd.args(["--playback", &format!("--device={device}")]).args(PCM);
-        let mut child = cmd.stdin(Stdio::piped()).spawn().expect("pacat");
-        let mut stdin = child.stdin.take().unwrap();
-        let feeder = std::thread::spawn(move || {
-            let _ = stdin.write_all(&pcm);
-        });
-        (child, feeder)
-    }
-
-    /// Records `device` until `stop` is called on the result.
-    fn record(&self, device: &str) -> Recording {
-        let mut cmd = self.command("pacat");
-        cmd.args(["--record", &format!("--device={device}")]).args(PCM);
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("pacat");
-        let mut out = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
-            buf
-        });
-        Recording { child, reader }
-    }
-
-    fn pactl(&self, args: &[&str]) -> bool {
-        let mut cmd = self.command("pactl");
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
-        cmd.status().is_ok_and(|s| s.success())
-    }
-}
-
-const PCM: [&str; 4] = ["--format=s16le", "--rate=48000", "--channels=1", "--latency-msec=50"];
-
-struct Recording {
-    child: Child,
-    reader: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Recording {
-    fn stop(mut self) -> Vec<i16> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let bytes = self.reader.join().unwrap();
-        bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
-    }
-}
-
-fn env(cmd: &mut Command, dir: &std::path::Path) {
-    let pulse = dir.join("pulse");
-    cmd.env("XDG_RUNTIME_DIR", dir)
-        .env("PULSE_RUNTIME_PATH", &pulse)
-        .env("PULSE_SERVER", format!("unix:{}", pulse.join("native").display()))
-        // Clients prove themselves with the server's cookie; name it rather than rely on
-        // HOME and XDG_CONFIG_HOME agreeing.
-        .env("PULSE_COOKIE", dir.join("cookie"))
-        .env("HOME", dir);
-}
-
-impl Drop for SoundServer {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A signaling server on loopback, for one test's call.
 async fn signal_server() -> confab_signal::ServerHandle {
@@ -168,16 +49,6 @@ fn the_sound_servers_devices_are_listed_by_their_names_defaults_first() {
         let id = d["id"].as_str().unwrap();
         assert!(id.starts_with("pulseaudio:"), "while a sound server runs, its devices (no ALSA plugins): {d}");
     }
-}
-
-/// `secs` of a tone at `hz`, 16-bit mono at 48 kHz, about -12 dBFS.
-fn tone(hz: f64, secs: f64) -> Vec<u8> {
-    (0..(secs * RATE as f64) as usize)
-        .flat_map(|i| {
-            let v = (2.0 * std::f64::consts::PI * hz * i as f64 / RATE as f64).sin() * 8_000.0;
-            (v as i16).to_le_bytes()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,84 +106,6 @@ async fn a_call_through_real_sound_devices_carries_the_microphone_and_plays_the_
     assert!(rms > 300.0, "Ada's speaker played something (rms {rms:.0} of {} samples)", samples.len());
     let hz = confab_engine::tone::dominant_frequency(window, RATE as u32);
     assert!(hz.is_some_and(|hz| (hz - 660.0).abs() < 3.0), "Ada's speaker plays Bob's 660 Hz: {hz:?}");
-}
-
-/// Someone talking, 16-bit mono at 48 kHz: syllables of 150-300 ms with 60-160 ms pauses,
-/// each rising and falling on a gliding pitch around `f0`, its harmonics shaped to the band
-/// `lo..hi` Hz, about -12 dBFS at their peak; only in every other turn of 2.5 s (`turn` 0
-/// the first, 1 the second), as two people in a conversation take turns. Like speech, and
-/// unlike a steady tone, this is neither what noise suppression removes nor the narrow-band
-/// signal on which an echo canceller (rightly) stops adapting.
-fn talking(f0: f64, (lo, hi): (f64, f64), secs: f64, seed: u32, turn: usize) -> Vec<u8> {
-    let mut state = seed.max(1);
-    let mut next = move |lo: f64, hi: f64| {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        lo + (hi - lo) * (state >> 8) as f64 / (1u32 << 24) as f64
-    };
-    // Raised-cosine weight over the band: no energy outside it.
-    let weight = |f: f64| if f <= lo || f >= hi { 0.0 } else { (std::f64::consts::PI * (f - lo) / (hi - lo)).sin() };
-    let total = (secs * RATE as f64) as usize;
-    let mut pcm = vec![0.0f64; total];
-    let mut t = 0;
-    while t < total {
-        let len = (next(0.15, 0.30) * RATE as f64) as usize;
-        let (p0, p1) = (f0 * next(0.8, 1.25), f0 * next(0.8, 1.25));
-        let mut phase = 0.0f64;
-        let mine = (t / (RATE * 5 / 2)) % 2 == turn;
-        for i in (0..len.min(total - t)).filter(|_| mine) {
-            let x = i as f64 / len as f64;
-            let pitch = p0 + (p1 - p0) * x;
-            phase += 2.0 * std::f64::consts::PI * pitch / RATE as f64;
-            let voiced: f64 =
-                (1..=(hi / pitch) as usize).map(|h| weight(h as f64 * pitch) * (h as f64 * phase).sin()).sum();
-            pcm[t + i] = voiced * (std::f64::consts::PI * x).sin();
-        }
-        t += len + (next(0.06, 0.16) * RATE as f64) as usize;
-    }
-    let peak = pcm.iter().fold(1e-9f64, |m, s| m.max(s.abs()));
-    pcm.iter().flat_map(|s| ((s / peak * 8_000.0) as i16).to_le_bytes()).collect()
-}
-
-/// Ada's voice sits below 1 kHz and Bob's above 1.5 kHz, so that what Ada's speaker plays
-/// can be taken apart by frequency.
-const ADA_BAND: (f64, f64) = (100.0, 1_000.0);
-const BOB_BAND: (f64, f64) = (1_500.0, 4_000.0);
-
-/// Power in `x` between `lo` and `hi` Hz (Goertzel every 20 Hz, inside the band's edges), dB.
-fn band_level(x: &[i16], (lo, hi): (f64, f64)) -> f64 {
-    let mut total = 0.0;
-    let mut f = lo + 40.0;
-    while f < hi - 40.0 {
-        let w = 2.0 * std::f64::consts::PI * f / RATE as f64;
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &v in x {
-            let s = v as f64 + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        total += (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) / (x.len() as f64).powi(2);
-        f += 20.0;
-    }
-    10.0 * (total + 1e-9).log10()
-}
-
-/// White noise at -30 dBFS RMS added to `pcm` (16-bit mono): a fan, a street.
-fn with_noise(pcm: Vec<u8>) -> Vec<u8> {
-    let mut state = 12_345u32;
-    pcm.chunks_exact(2)
-        .flat_map(|b| {
-            // The sum of 12 uniform draws: roughly Gaussian, unit variance.
-            let gauss: f64 = (0..12)
-                .map(|_| {
-                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    (state >> 8) as f64 / (1u32 << 24) as f64
-                })
-                .sum::<f64>()
-                - 6.0;
-            let s = i16::from_le_bytes([b[0], b[1]]) as f64 + gauss * 32_768.0 * 10f64.powf(-30.0 / 20.0);
-            (s.clamp(-32_768.0, 32_767.0) as i16).to_le_bytes()
-        })
-        .collect()
 }
 
 /// A call between Ada's desk and Bob's, each with its own sound server: Ada and Bob take
@@ -441,4 +234,144 @@ async fn a_microphone_suspended_mid_call_comes_back() {
     // audio had ended when it was suspended.
     let heard = peer_in(&bob_lines, "Ada")["audio_packets_received"].as_u64().unwrap();
     assert!(heard > 450, "Bob heard Ada again after the microphone came back: {heard} packets");
+}
+
+/// A sound card as many come: 44.1 kHz stereo. confab opens it as it is (the sound server
+/// converts nothing for it) and converts to and from the call's 48 kHz mono itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_44_1_khz_stereo_sound_card_carries_the_call_both_ways() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let srv = signal_server().await;
+    let url = srv.ws_url();
+    let desk = SoundServer::start_with("cd", 44_100, 2);
+    let (mut whistle, feeder) = desk.play("room", tone(440.0, 16.0));
+    let heard = desk.record("desk.monitor");
+    let mut ada = desk.command(PEER);
+    ada.args(["--server", &url, "--room", "cd", "--name", "Ada", "--audio", "mic", "--speaker", "speaker"]);
+    // A steady whistle is what noise suppression rightly removes.
+    ada.args(["--ns", "off", "--bind", "127.0.0.1", "--quiet-stats", "--size", "320x180", "--duration", "10"]);
+    let ada = Peer::spawn_command(ada);
+    let bob = Peer::start(&url, "cd", "Bob", &["--audio", "synthetic:660", "--duration", "10"]);
+    ada.wait_for("the call", Duration::from_secs(15), |v| v["type"] == "connection" && v["state"] == "connected");
+    std::thread::sleep(Duration::from_secs(1));
+    // How the sound server sees confab's streams: at the card's own rate and channels (our
+    // `pacat`s record and play 48 kHz mono).
+    let speaker = desk.pactl_output(&["list", "sink-inputs"]);
+    let mic = desk.pactl_output(&["list", "source-outputs"]);
+    let (ada_ok, ada_lines) = tokio::task::spawn_blocking(|| ada.finish()).await.unwrap();
+    let (bob_ok, bob_lines) = tokio::task::spawn_blocking(|| bob.finish()).await.unwrap();
+    let played = heard.stop();
+    let _ = whistle.kill();
+    let _ = whistle.wait();
+    let _ = feeder.join();
+    assert!(ada_ok && bob_ok, "{ada_lines:?}");
+    assert!(speaker.contains("2ch 44100Hz"), "confab plays at the card's rate: {speaker}");
+    assert!(mic.contains("2ch 44100Hz"), "confab records at the card's rate: {mic}");
+    let hz = peer_in(&bob_lines, "Ada")["audio_tone_hz"].as_f64();
+    assert!(hz.is_some_and(|hz| (hz - 440.0).abs() < 2.0), "Bob hears Ada's whistle at its pitch: {hz:?}");
+    let call = &played[..played.len().saturating_sub(RATE / 2)];
+    let window = &call[call.len().saturating_sub(3 * RATE)..];
+    let hz = confab_engine::tone::dominant_frequency(window, RATE as u32);
+    assert!(hz.is_some_and(|hz| (hz - 660.0).abs() < 3.0), "Ada's speaker plays Bob at his pitch: {hz:?}");
+    assert!(band_level(window, (600.0, 720.0)) > 20.0, "and loud enough to hear");
+}
+
+/// The id `confab-peer --list-devices` gives the device named `name`.
+fn device_id(desk: &SoundServer, name: &str) -> String {
+    let list = devices(desk);
+    let d = list.iter().find(|d| d["name"] == name).unwrap_or_else(|| panic!("no {name} in {list:?}"));
+    d["id"].as_str().unwrap().to_string()
+}
+
+/// A headset microphone pulled out mid-call: the call goes on with the desk's own
+/// microphone (the system default), says so once, and Bob hears what that one hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_microphone_gives_way_to_the_default_one() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let srv = signal_server().await;
+    let url = srv.ws_url();
+    let desk = SoundServer::start("unplug-mic");
+    // The headset: the room its microphone hears, and the microphone.
+    desk.load_module(&["module-null-sink", "sink_name=headroom", "rate=48000", "channels=1"]);
+    let headset = desk.load_module(&[
+        "module-remap-source",
+        "source_name=headset",
+        "master=headroom.monitor",
+        "source_properties=device.description=Headset-Microphone",
+    ]);
+    let id = device_id(&desk, "Headset-Microphone");
+    let (near, near_feeder) = desk.play("headroom", tone(440.0, 24.0));
+    let (far, far_feeder) = desk.play("room", tone(550.0, 24.0));
+    let mut ada = desk.command(PEER);
+    ada.args(["--server", &url, "--room", "unplug-mic", "--name", "Ada", "--audio", &format!("mic:{id}")]);
+    ada.args(["--speaker", "null", "--ns", "off", "--bind", "127.0.0.1", "--quiet-stats", "--size", "320x180"]);
+    ada.args(["--duration", "14"]);
+    let ada = Peer::spawn_command(ada);
+    let bob = Peer::start(&url, "unplug-mic", "Bob", &["--audio", "synthetic:660", "--duration", "14"]);
+    ada.wait_for("the call", Duration::from_secs(15), |v| v["type"] == "connection" && v["state"] == "connected");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(desk.pactl(&["unload-module", &headset]), "unplug the headset");
+    let moved = ada.wait_for("the move to the default microphone", Duration::from_secs(8), |v| {
+        v["type"] == "device" && v["kind"] == "microphone"
+    });
+    let (ada_ok, ada_lines) = tokio::task::spawn_blocking(|| ada.finish()).await.unwrap();
+    let (bob_ok, bob_lines) = tokio::task::spawn_blocking(|| bob.finish()).await.unwrap();
+    for (mut child, feeder) in [(near, near_feeder), (far, far_feeder)] {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = feeder.join();
+    }
+    assert!(ada_ok && bob_ok, "{ada_lines:?}");
+    assert_eq!(
+        (&moved["state"], &moved["device"]),
+        (&Value::from("moved"), &Value::from("Desk-Microphone")),
+        "{moved}"
+    );
+    let device_events = ada_lines.iter().filter(|v| v["type"] == "device").count();
+    assert_eq!(device_events, 1, "one word about it: {ada_lines:?}");
+    let ada_at_bob = peer_in(&bob_lines, "Ada");
+    let hz = ada_at_bob["audio_tone_hz"].as_f64();
+    assert!(hz.is_some_and(|hz| (hz - 550.0).abs() < 2.0), "Bob hears the desk microphone at the end: {hz:?}");
+    let packets = ada_at_bob["audio_packets_received"].as_u64().unwrap();
+    assert!(packets > 550, "and heard Ada all along: {packets} packets in 14 s");
+}
+
+/// Headphones pulled out mid-call: the call plays on through the desk's speakers (the
+/// system default) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplugged_headphones_give_way_to_the_default_speaker() {
+    let _one = ONE_CALL_AT_A_TIME.lock().await;
+    let srv = signal_server().await;
+    let url = srv.ws_url();
+    let desk = SoundServer::start("unplug-speaker");
+    let headphones = desk.load_module(&[
+        "module-null-sink",
+        "sink_name=headphones",
+        "rate=48000",
+        "channels=1",
+        "sink_properties=device.description=Headphones",
+    ]);
+    let id = device_id(&desk, "Headphones");
+    let speakers = desk.record("desk.monitor");
+    let mut ada = desk.command(PEER);
+    ada.args(["--server", &url, "--room", "unplug-speaker", "--name", "Ada", "--audio", "none"]);
+    ada.args(["--speaker", &format!("speaker:{id}"), "--bind", "127.0.0.1", "--quiet-stats", "--size", "320x180"]);
+    ada.args(["--duration", "12"]);
+    let ada = Peer::spawn_command(ada);
+    let bob = Peer::start(&url, "unplug-speaker", "Bob", &["--audio", "synthetic:660", "--duration", "12"]);
+    ada.wait_for("the call", Duration::from_secs(15), |v| v["type"] == "connection" && v["state"] == "connected");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(desk.pactl(&["unload-module", &headphones]), "unplug the headphones");
+    let moved = ada.wait_for("the move to the default speaker", Duration::from_secs(8), |v| {
+        v["type"] == "device" && v["kind"] == "speaker"
+    });
+    let (ada_ok, ada_lines) = tokio::task::spawn_blocking(|| ada.finish()).await.unwrap();
+    let (bob_ok, _) = tokio::task::spawn_blocking(|| bob.finish()).await.unwrap();
+    let played = speakers.stop();
+    assert!(ada_ok && bob_ok, "{ada_lines:?}");
+    assert_eq!((&moved["state"], &moved["device"]), (&Value::from("moved"), &Value::from("Desk-Speakers")), "{moved}");
+    let call = &played[..played.len().saturating_sub(RATE / 2)];
+    let window = &call[call.len().saturating_sub(3 * RATE)..];
+    let hz = confab_engine::tone::dominant_frequency(window, RATE as u32);
+    assert!(hz.is_some_and(|hz| (hz - 660.0).abs() < 3.0), "the desk's speakers play Bob: {hz:?}");
 }

@@ -97,12 +97,15 @@ pub enum CallEvent {
         message: String,
     },
     /// One of our devices stopped delivering (`state` "stopped", with `reason`; confab keeps
-    /// opening it again) or is back ("back").
+    /// opening it again), is back ("back"), or is gone, and the system default, `device`,
+    /// took its place ("moved").
     Device {
         kind: String,
         state: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
     },
     /// The call is over; no more events follow.
     Ended {
@@ -110,14 +113,14 @@ pub enum CallEvent {
     },
 }
 
-impl From<crate::media::DeviceNotice> for CallEvent {
-    fn from(n: crate::media::DeviceNotice) -> Self {
-        use crate::media::DeviceNotice as N;
-        match n {
-            N::Stopped { kind, reason } => {
-                CallEvent::Device { kind: kind.into(), state: "stopped".into(), reason: Some(reason) }
-            }
-            N::Back { kind } => CallEvent::Device { kind: kind.into(), state: "back".into(), reason: None },
-        }
+impl From<crate::device_recovery::DeviceNotice> for CallEvent {
+    fn from(n: crate::device_recovery::DeviceNotice) -> Self {
+        use crate::device_recovery::DeviceNotice as N;
+        let (kind, state, reason, device) = match n {
+            N::Stopped { kind, reason } => (kind, "stopped", Some(reason), None),
+            N::Back { kind } => (kind, "back", None, None),
+            N::Moved { kind, to } => (kind, "moved", None, Some(to)),
+        };
+        CallEvent::Device { kind: kind.into(), state: state.into(), reason, device }
     }
 }

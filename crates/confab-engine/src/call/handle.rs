@@ -12,14 +12,16 @@ use super::server_link::ServerLink;
 use super::task::CallTask;
 use super::{CallConfig, CallError, CallEvent};
 use crate::audio_processing::ProcessingSettings;
-use crate::devices::{self, AudioSpec, VideoSpec};
-use crate::media::{DeviceNotices, FrameSink};
+use crate::device_recovery::DeviceNotices;
+use crate::devices::{AudioSpec, SinkSpec, VideoSpec};
+use crate::media::FrameSink;
 
 pub(super) enum Command {
     Mute(bool),
     Camera(bool),
     SwitchVideo(VideoSpec, oneshot::Sender<Result<(), CallError>>),
     SwitchAudio(AudioSpec, oneshot::Sender<Result<(), CallError>>),
+    SwitchSink(SinkSpec, oneshot::Sender<Result<(), CallError>>),
     Processing(ProcessingSettings),
     Chat(String),
     Leave(oneshot::Sender<()>),
@@ -60,14 +62,14 @@ impl Call {
         });
         // Devices first: a busy camera should fail the join, not half a call.
         let mut media = LocalMedia::open(&cfg, frames, notices)?;
-        let sink = devices::open_sink(&cfg.sink, Some(media.echo.clone()))?;
+        let sink = media.open_sink(&cfg.sink)?;
 
         let (link, joined) = ServerLink::connect(&cfg).await?;
         let me = link.me().clone();
         info!(peer = %me, room = %joined.room, peers = joined.peers.len(), "joined");
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (pc_tx, pc_rx) = mpsc::channel(1024);
-        media.play_to(sink);
+        media.play_to(sink, cfg.sink.clone());
         let first = CallEvent::Joined {
             peer_id: me.clone(),
             room: joined.room.clone(),
@@ -120,6 +122,14 @@ impl CallController {
     pub async fn switch_audio(&self, spec: AudioSpec) -> Result<(), CallError> {
         let (tx, rx) = oneshot::channel();
         self.cmd.send(Command::SwitchAudio(spec, tx)).await.map_err(|_| CallError::Ended)?;
+        rx.await.map_err(|_| CallError::Ended)?
+    }
+
+    /// Plays the call through `spec` from now on; if it cannot be opened, the old speaker
+    /// stays.
+    pub async fn switch_sink(&self, spec: SinkSpec) -> Result<(), CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(Command::SwitchSink(spec, tx)).await.map_err(|_| CallError::Ended)?;
         rx.await.map_err(|_| CallError::Ended)?
     }
 

@@ -11,12 +11,10 @@ use confab_proto::{ClientMsg, PeerId};
 use super::{CallConfig, CallError, VoiceLevel};
 use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, ProcessingSwitch};
 use crate::codec::vp8::Vp8Config;
-use crate::devices::{self, AudioSink, AudioSpec, VideoSpec};
+use crate::device_recovery::{DeviceNotices, Recovery};
+use crate::devices::{self, AudioSink, AudioSpec, SinkSpec, VideoSpec};
 use crate::levels::Speaking;
-use crate::media::{
-    AudioPipeline, AudioPlayoutThread, DeviceNotices, FrameSink, PeerAudioMap, ReopenAudio, SendSide, VideoPipeline,
-    SELF_TILE,
-};
+use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline, SELF_TILE};
 
 pub(super) struct LocalMedia {
     /// Encoded media, keyframe requests and the video budget, shared by every peer's senders.
@@ -25,6 +23,8 @@ pub(super) struct LocalMedia {
     audio: Option<AudioPipeline>,
     /// What `video` was opened from: turning the camera back on reopens it.
     video_spec: VideoSpec,
+    /// Where we play, as chosen.
+    sink_spec: SinkSpec,
     /// The size, rate and bitrate the encoder is made with, and whether captured frames
     /// also go to `frames` as the self view.
     format: VideoFormat,
@@ -69,6 +69,7 @@ impl LocalMedia {
             video: None,
             audio: None,
             video_spec: cfg.video.clone(),
+            sink_spec: cfg.sink.clone(),
             format,
             muted: Arc::new(AtomicBool::new(false)),
             camera_on: true,
@@ -85,9 +86,48 @@ impl LocalMedia {
         Ok(media)
     }
 
-    /// Starts mixing every peer's audio into `sink`.
-    pub fn play_to(&mut self, sink: Box<dyn AudioSink>) {
-        self._playout = Some(AudioPlayoutThread::start(sink, self.audio_map.clone()));
+    /// Opens where we play (the call's speaker, or nothing); it also hands what it plays to
+    /// the echo canceller.
+    pub fn open_sink(&self, spec: &SinkSpec) -> Result<Box<dyn AudioSink>, CallError> {
+        Ok(devices::open_sink(spec, Some(self.echo.clone()))?)
+    }
+
+    /// Starts mixing every peer's audio into `sink`, opened from `spec` (a speaker that
+    /// stops is opened again, or the default one if it is gone).
+    pub fn play_to(&mut self, sink: Box<dyn AudioSink>, spec: SinkSpec) {
+        let recovery = matches!(spec, SinkSpec::Speaker(_)).then(|| {
+            let (echo, chosen) = (self.echo.clone(), spec.clone());
+            let open = move |default: bool| {
+                let spec = if default { SinkSpec::Speaker(None) } else { chosen.clone() };
+                devices::open_sink(&spec, Some(echo.clone()))
+            };
+            let named = matches!(spec, SinkSpec::Speaker(Some(_)));
+            Recovery::new("speaker", named, Box::new(open), self.notices.clone())
+        });
+        // The old thread ends (and lets go of its device) before the new one starts.
+        self._playout = None;
+        self._playout = Some(AudioPlayoutThread::start(sink, recovery, self.audio_map.clone()));
+        self.sink_spec = spec;
+    }
+
+    /// Plays to `spec` from now on; if it cannot be opened, the old speaker stays.
+    pub fn switch_sink(&mut self, spec: SinkSpec) -> Result<(), CallError> {
+        // Let go of the old device first: not every device can be opened twice.
+        self._playout = None;
+        match self.open_sink(&spec) {
+            Ok(sink) => {
+                self.play_to(sink, spec);
+                Ok(())
+            }
+            Err(e) => {
+                let old = self.sink_spec.clone();
+                match self.open_sink(&old) {
+                    Ok(sink) => self.play_to(sink, old),
+                    Err(e) => tracing::warn!(error = %e, "cannot open the old speaker again either"),
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The video bitrate the user asked for (or the default for the picture size), in kbit/s.
@@ -113,23 +153,20 @@ impl LocalMedia {
         // Only a microphone hears a room: a synthetic source has no echo or noise to remove
         // (and noise suppression would take its steady tone for noise).
         let processing = mic.then(|| CaptureProcessor::following(self.processing.clone(), Some(self.echo.clone())));
-        // A microphone that stops is opened again; a synthetic source cannot stop.
-        let reopen = mic.then(|| {
-            let spec = spec.clone();
-            Box::new(move || {
+        // A microphone that stops is opened again (or the default one, if it is gone); a
+        // synthetic source cannot stop.
+        let recovery = mic.then(|| {
+            let chosen = spec.clone();
+            let open = move |default: bool| {
+                let spec = if default { AudioSpec::Mic(None) } else { chosen.clone() };
                 devices::open_audio(&spec)?
                     .ok_or(devices::DeviceError::NotFound { kind: "microphone", id: String::new() })
-            }) as ReopenAudio
+            };
+            let named = matches!(spec, AudioSpec::Mic(Some(_)));
+            Recovery::new("microphone", named, Box::new(open), self.notices.clone())
         });
         Ok(match devices::open_audio(spec)? {
-            Some(src) => Some(AudioPipeline::start(
-                src,
-                reopen,
-                processing,
-                self.muted.clone(),
-                self.send.clone(),
-                self.notices.clone(),
-            )?),
+            Some(src) => Some(AudioPipeline::start(src, recovery, processing, self.muted.clone(), self.send.clone())?),
             None => None,
         })
     }
@@ -189,7 +226,12 @@ impl LocalMedia {
     }
 
     /// Sends video from `spec` from now on; if it cannot be opened, the old source again.
+    /// With the camera off, only the choice changes (turning it on opens the new one).
     pub fn switch_video(&mut self, spec: VideoSpec) -> Result<(), CallError> {
+        if !self.camera_on {
+            self.video_spec = spec;
+            return Ok(());
+        }
         // Release the old camera first: some cannot be opened twice.
         self.video = None;
         let r = self.start_video(&spec).map(|v| {
@@ -204,7 +246,9 @@ impl LocalMedia {
 
     /// Sends audio from `spec` from now on; if it cannot be opened, the old one stays.
     pub fn switch_audio(&mut self, spec: AudioSpec) -> Result<(), CallError> {
-        self.audio = self.start_audio(&spec)?;
+        let new = self.start_audio(&spec)?;
+        // The old capture thread ends (and lets go of its device) as the new one takes over.
+        self.audio = new;
         Ok(())
     }
 

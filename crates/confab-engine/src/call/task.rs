@@ -148,6 +148,9 @@ impl CallTask {
             Command::SwitchAudio(spec, ack) => {
                 let _ = ack.send(self.media.switch_audio(spec));
             }
+            Command::SwitchSink(spec, ack) => {
+                let _ = ack.send(self.media.switch_sink(spec));
+            }
             Command::Processing(s) => self.media.set_processing(s),
             Command::Chat(text) => self.link.send(ClientMsg::Chat { text }).await,
             Command::Leave(_) => unreachable!("handled by run"),

@@ -7,6 +7,7 @@
 
 pub mod audio;
 pub mod camera;
+pub mod resample;
 pub mod synthetic;
 
 use crate::codec::opus::FRAME_SAMPLES;
@@ -58,7 +59,7 @@ pub trait AudioSink: Send {
 }
 
 /// What kind of device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     Camera,

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use confab_netsim::{Impairment, Relay};
 use serde_json::Value;
 
+pub mod sound;
+
 pub const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
 
 /// One call at a time: each test runs real encoders and decoders, and a 2-core machine
