@@ -14,6 +14,7 @@ fn main() {
         "set_muted",
         "set_camera",
         "set_audio_processing",
+        "switch_device",
         "send_chat",
         "frame_done",
         "tile_counts",

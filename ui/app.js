@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   screen: 'join', me: null, room: '', muted: false, cameraOn: true, showStats: false,
   peers: new Map(), // peer id -> { name, tile, stats }
-  selfTile: null, previewTile: null, devices: [],
+  selfTile: null, previewTile: null, devices: [], refreshing: false,
 };
 
 // ---------- helpers ----------
@@ -48,23 +48,56 @@ async function setProcessing(key, on) {
   try { await invoke('set_audio_processing', { processing: processing() }); } catch (e) { toast(String(e)); }
 }
 
-// ---------- join screen ----------
-function fillDevices(devices, settings) {
-  const groups = { camera: $('camera-select'), microphone: $('mic-select'), speaker: $('speaker-select') };
-  for (const [kind, sel] of Object.entries(groups)) {
-    sel.replaceChildren();
-    const list = devices.filter((d) => d.kind === kind);
-    if (list.length === 0) {
-      sel.append(new Option(kind === 'camera' ? 'No camera (audio only)' : `No ${kind}`, 'none'));
-    } else {
-      for (const d of list) sel.append(new Option(d.name, d.id));
-    }
-    if (kind !== 'speaker') sel.append(new Option('Off', 'none'));
-    const saved = settings[kind];
-    if (saved && [...sel.options].some((o) => o.value === saved)) sel.value = saved;
+// ---------- device lists (join screen and Settings) ----------
+const DEVICE_SELECTS = { camera: 'camera-select', microphone: 'mic-select', speaker: 'speaker-select' };
+
+/** Fills one list with the devices of its kind; keeps `chosen` if it is still there, else
+ *  the system default (listed first). */
+function fillSelect(sel, kind, devices, chosen, withOff = true) {
+  sel.replaceChildren();
+  const list = devices.filter((d) => d.kind === kind);
+  if (list.length === 0) {
+    sel.append(new Option(kind === 'camera' ? 'No camera (audio only)' : `No ${kind}`, 'none'));
+  } else {
+    for (const d of list) sel.append(new Option(d.name, d.id));
   }
+  if (kind !== 'speaker' && withOff) sel.append(new Option('Off', 'none'));
+  if (chosen && [...sel.options].some((o) => o.value === chosen)) sel.value = chosen;
 }
 
+function fillDevices(devices, chosen) {
+  state.devices = devices;
+  for (const [kind, id] of Object.entries(DEVICE_SELECTS)) fillSelect($(id), kind, devices, chosen[kind]);
+}
+
+const chosenDevices = () => Object.fromEntries(Object.entries(DEVICE_SELECTS).map(([k, id]) => [k, $(id).value]));
+
+// While a device list is on screen, a headset plugged in (or pulled out) shows up within a
+// couple of seconds: the lists are read again every 2 s and redrawn only when they changed.
+async function refreshDevices() {
+  const onScreen = state.screen === 'join' || !$('settings-panel').hidden;
+  if (!onScreen || state.refreshing) return;
+  state.refreshing = true;
+  try {
+    const devices = await invoke('list_devices');
+    if (JSON.stringify(devices) === JSON.stringify(state.devices)) return;
+    const before = chosenDevices();
+    fillDevices(devices, before);
+    const after = chosenDevices();
+    if (state.screen === 'join') {
+      if (after.camera !== before.camera) startPreview();
+      if (after.microphone !== before.microphone) startMicTest();
+    }
+    if (!$('settings-panel').hidden) fillSettingsDevices();
+  } catch (e) {
+    console.warn('device list', e);
+  } finally {
+    state.refreshing = false;
+  }
+}
+setInterval(refreshDevices, 2000);
+
+// ---------- join screen ----------
 async function startPreview() {
   if (state.screen !== 'join') return;
   const cam = $('camera-select').value;
@@ -224,15 +257,27 @@ function onEvent(ev) {
       for (const l of ev.levels) {
         const tile = l.peer_id === 'self' ? state.selfTile : state.peers.get(l.peer_id)?.tile;
         tile?.setSpeaking(l.speaking);
-        if (l.peer_id === 'self') showLevel($('call-meter'), l.dbfs);
+        if (l.peer_id === 'self') { showLevel($('call-meter'), l.dbfs); showLevel($('settings-meter'), l.dbfs); }
       }
       break;
     case 'device':
       if (ev.state === 'stopped') toast(`Your ${ev.kind} stopped (${ev.reason}); trying to get it back…`, true);
+      else if (ev.state === 'moved') { toast(`Your ${ev.kind} is gone; now using ${ev.device}.`, true); movedToDefault(ev.kind); }
       else toast(`Your ${ev.kind} is back.`);
       break;
     case 'ended': if (state.screen === 'call' && ev.reason !== 'left') { toast(`Call ended: ${ev.reason}`, true); leaveToJoin(); } break;
   }
+}
+
+// The call now uses the system default of `kind`: the lists say so (and keep it for next time).
+async function movedToDefault(kind) {
+  try {
+    state.devices = await invoke('list_devices');
+    const d = state.devices.find((x) => x.kind === kind && x.default);
+    const chosen = { ...chosenDevices(), [kind]: d ? d.id : '' };
+    fillDevices(state.devices, chosen);
+    if (!$('settings-panel').hidden) fillSettingsDevices();
+  } catch (e) { console.warn('device list', e); }
 }
 
 // A level meter: -60 dBFS and below empty, -10 and above full.
@@ -266,20 +311,52 @@ function toggleStats() {
   for (const p of state.peers.values()) p.tile.setStats(state.showStats && p.stats ? fmtStats(p.stats) : '');
 }
 
+const SETTINGS_DEVICES = [['camera', 'Camera'], ['microphone', 'Microphone'], ['speaker', 'Speaker']];
+
+// Settings' device lists mirror the join screen's (which Leave returns to); turning the
+// camera or microphone off is the call's own buttons' job.
+function fillSettingsDevices() {
+  for (const [kind] of SETTINGS_DEVICES) {
+    const sel = $(`settings-${kind}`);
+    if (sel) fillSelect(sel, kind, state.devices, $(DEVICE_SELECTS[kind]).value, false);
+  }
+}
+
+// Another camera, microphone or speaker, at once and without leaving the call.
+async function switchDevice(kind, sel) {
+  const join = $(DEVICE_SELECTS[kind]), before = join.value;
+  sel.disabled = true;
+  try {
+    await invoke('switch_device', { kind, id: sel.value });
+    join.value = sel.value;
+  } catch (e) {
+    toast(String(e), true);
+    sel.value = before;
+  } finally {
+    sel.disabled = false;
+  }
+}
+
 function toggleSettings() {
   const panel = $('settings-panel'), open = panel.hidden;
   panel.hidden = !open; $('settings-button').setAttribute('aria-pressed', String(open));
   if (open) {
     chat.setOpen(false); $('chat-button').setAttribute('aria-pressed', 'false');
-    const name = (sel) => sel.options[sel.selectedIndex]?.text || '–';
     const body = $('settings-body'); body.replaceChildren();
-    for (const [label, sel] of [['Camera', $('camera-select')], ['Microphone', $('mic-select')], ['Speaker', $('speaker-select')]]) {
-      const row = document.createElement('div'); const b = document.createElement('b'); b.textContent = label;
-      row.append(b, document.createElement('br'), name(sel)); body.append(row);
+    for (const [kind, label] of SETTINGS_DEVICES) {
+      const row = document.createElement('label'); row.className = 'device';
+      const b = document.createElement('span'); b.className = 'device-label'; b.textContent = label;
+      const sel = document.createElement('select'); sel.id = `settings-${kind}`; sel.setAttribute('aria-label', label);
+      sel.addEventListener('change', () => switchDevice(kind, sel));
+      row.append(b, sel);
+      if (kind === 'microphone') {
+        const meter = document.createElement('span'); meter.id = 'settings-meter'; meter.className = 'meter';
+        meter.title = 'Speak to test your microphone'; row.append(meter);
+      }
+      body.append(row);
     }
-    const note = document.createElement('div');
-    note.textContent = 'Devices are chosen on the join screen; Leave and Join again to change them.';
-    body.append(note);
+    fillSettingsDevices();
+    refreshDevices();
     for (const [key, label] of PROCESSING) {
       const row = document.createElement('label'); row.className = 'check';
       const box = document.createElement('input'); box.type = 'checkbox'; box.id = `settings-${key}`;

@@ -75,20 +75,28 @@ fn devices_for(synthetic: bool) -> Vec<DeviceInfo> {
     devices::list_devices(synthetic)
 }
 
-#[tauri::command]
-fn app_info(state: State<'_, AppState>) -> AppInfo {
-    AppInfo {
-        version: env!("CARGO_PKG_VERSION"),
-        settings: state.settings.lock().unwrap().clone(),
-        initial: state.cli.clone(),
-        devices: devices_for(state.synthetic),
-        synthetic: state.synthetic,
-    }
+/// The device lists, off the UI thread: asking a sound server, or probing ALSA PCMs, can
+/// take a while, and the page polls this while a device list is on screen.
+async fn devices_off_ui(synthetic: bool) -> Vec<DeviceInfo> {
+    tauri::async_runtime::spawn_blocking(move || devices_for(synthetic)).await.unwrap_or_default()
 }
 
 #[tauri::command]
-fn list_devices(state: State<'_, AppState>) -> Vec<DeviceInfo> {
-    devices_for(state.synthetic)
+async fn app_info(state: State<'_, AppState>) -> Result<AppInfo, String> {
+    let devices = devices_off_ui(state.synthetic).await;
+    let settings = state.settings.lock().unwrap().clone();
+    Ok(AppInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        settings,
+        initial: state.cli.clone(),
+        devices,
+        synthetic: state.synthetic,
+    })
+}
+
+#[tauri::command]
+async fn list_devices(state: State<'_, AppState>) -> Result<Vec<DeviceInfo>, String> {
+    Ok(devices_off_ui(state.synthetic).await)
 }
 
 #[tauri::command]
@@ -109,16 +117,22 @@ fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
 
 /// Shows the chosen camera on the join screen until Join (or another choice).
 #[tauri::command]
-fn start_preview(
+async fn start_preview(
     state: State<'_, AppState>,
     camera: String,
     frames: Channel<InvokeResponseBody>,
 ) -> Result<(), String> {
     stop_preview_inner(&state);
     let spec = video_spec(&camera, state.synthetic);
-    let Some(mut source) = devices::open_video(&spec, 640, 360, 30).map_err(|e| e.to_string())? else {
+    // Opening a camera takes a while (the driver negotiates a mode): not on the UI thread.
+    let source = tauri::async_runtime::spawn_blocking(move || devices::open_video(&spec, 640, 360, 30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(mut source) = source.map_err(|e| e.to_string())? else {
         return Ok(());
     };
+    // Another choice, or Join, may have come meanwhile and started its own preview.
+    stop_preview_inner(&state);
     let fwd = Arc::new(FrameForwarder::new(frames));
     *state.frames.lock().unwrap() = Some(fwd.clone());
     let preview = Worker::spawn("preview", move |stop| {
@@ -272,14 +286,10 @@ async fn join(
         video = VideoSpec::None;
         audio_only = true;
     }
-    let has = |kind: DeviceKind| devices_for(false).iter().any(|d| d.kind == kind);
     // The default microphone or speaker of a machine that has none: the synthetic tone if
     // allowed, else silence; the call goes on either way.
     let audio = audio_spec(&req.microphone, state.synthetic);
-    let sink = match SinkSpec::from_device_id(&req.speaker) {
-        SinkSpec::Speaker(None) if !has(DeviceKind::Speaker) => SinkSpec::Null,
-        spec => spec,
-    };
+    let sink = sink_spec(&req.speaker);
 
     let mut cfg = CallConfig::new(url.clone(), room.clone(), name.clone());
     cfg.password = password;
@@ -388,6 +398,41 @@ async fn set_audio_processing(state: State<'_, AppState>, processing: Processing
     settings::save(&state.config_dir, &saved).map_err(|e| format!("cannot save settings: {e}"))
 }
 
+/// The speaker the page chose, as a call opens it: the default speaker of a machine that
+/// has none is nothing.
+fn sink_spec(id: &str) -> SinkSpec {
+    match SinkSpec::from_device_id(id) {
+        SinkSpec::Speaker(None) if !devices_for(false).iter().any(|d| d.kind == DeviceKind::Speaker) => SinkSpec::Null,
+        spec => spec,
+    }
+}
+
+/// Settings' device lists during a call: the camera, microphone or speaker changes at once,
+/// the call goes on, and the choice is kept for next time. If the new device cannot be
+/// opened the old one stays, and the error says why.
+#[tauri::command]
+async fn switch_device(state: State<'_, AppState>, kind: DeviceKind, id: String) -> Result<(), String> {
+    if let Some(a) = state.call.lock().await.as_ref() {
+        let synthetic = state.synthetic;
+        let r = match kind {
+            DeviceKind::Camera => a.control.switch_video(video_spec(&id, synthetic)).await,
+            DeviceKind::Microphone => a.control.switch_audio(audio_spec(&id, synthetic)).await,
+            DeviceKind::Speaker => a.control.switch_sink(sink_spec(&id)).await,
+        };
+        r.map_err(|e| friendly(&e))?;
+    }
+    let saved = {
+        let mut s = state.settings.lock().unwrap();
+        match kind {
+            DeviceKind::Camera => s.camera = id,
+            DeviceKind::Microphone => s.microphone = id,
+            DeviceKind::Speaker => s.speaker = id,
+        }
+        s.clone()
+    };
+    settings::save(&state.config_dir, &saved).map_err(|e| format!("cannot save settings: {e}"))
+}
+
 #[tauri::command]
 async fn set_camera(state: State<'_, AppState>, on: bool) -> Result<(), String> {
     if let Some(a) = state.call.lock().await.as_ref() {
@@ -479,6 +524,7 @@ fn main() {
             set_muted,
             set_camera,
             set_audio_processing,
+            switch_device,
             send_chat,
             frame_done,
             tile_counts,

@@ -171,9 +171,12 @@ class Peer:
     """A confab-peer process whose JSON events are collected as they arrive."""
 
     def __init__(self, server, room, name, *extra):
+        # Once-a-second stats only when asked for ("--stats").
+        quiet = [] if "--stats" in extra else ["--quiet-stats"]
+        extra = [e for e in extra if e != "--stats"]
         self.proc = subprocess.Popen(
             [str(PEER), "--server", server, "--room", room, "--name", name, "--bind", "127.0.0.1",
-             *([] if "--size" in extra else ["--size", "640x360"]), "--quiet-stats", *extra],
+             *([] if "--size" in extra else ["--size", "640x360"]), *quiet, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.events = []
         self.lock = threading.Lock()

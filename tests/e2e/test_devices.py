@@ -4,15 +4,19 @@ devices, and, on the other hand, a machine with no sound server and no sound car
 synthetic devices are off here, as for a real user."""
 
 import json
+import math
 import os
 import pathlib
 import shutil
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from conftest import need
 
@@ -115,3 +119,83 @@ def test_sound_processing_switches_during_a_call(app_factory, real_devices_only,
     app.wait_for("!document.getElementById('join-screen').hidden", why="no join screen after Leave")
     assert app.js("return !document.getElementById('aec-check').checked && "
                   "document.getElementById('ns-check').checked;"), "the choice is kept"
+
+
+def play_tone(device, hz, secs):
+    """`pacat` playing a steady tone into `device` of the session's sound server."""
+    rate = 48000
+    pcm = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / rate)))
+                   for i in range(int(secs * rate)))
+    proc = subprocess.Popen(["pacat", "--playback", f"--device={device}", "--format=s16le", "--rate=48000",
+                             "--channels=1"], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    def feed():
+        try:
+            proc.stdin.write(pcm)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # stopped before the end: the test is over
+    threading.Thread(target=feed, daemon=True).start()
+    return proc
+
+
+def test_a_headset_plugged_in_during_a_call_can_take_over_the_microphone(
+        app_factory, real_devices_only, sound_server, signal_server, peers):
+    """A headset plugged in during the call shows up in Settings by itself; choosing it
+    switches the microphone at once, the call goes on, Bob hears the headset from then on
+    (and never stopped hearing us), and the choice is kept for next time."""
+    app = app_factory()
+    sound = app.driver.find_elements(By.CSS_SELECTOR, "details.more summary")
+    sound[0].click()
+    sound[1].click()
+    # Steady tones stand in for voices here: noise suppression would rightly remove them.
+    for box in ("ns-check", "agc-check"):
+        app.driver.find_element(By.ID, box).click()
+    for el, text in (("display-name", "Ada"), ("room-name", "switch-e2e"), ("server-url", signal_server)):
+        field = app.driver.find_element(By.ID, el)
+        field.clear()
+        field.send_keys(text)
+    desk = play_tone("room", 440, 40)
+    bob = peers(signal_server, "switch-e2e", "Bob", "--duration", "20", "--stats")
+
+    def heard():
+        """The pitch Bob heard from Ada each second so far."""
+        return [round(e["stats"]["audio_tone_hz"] or 0) for e in bob.find(lambda e: e.get("type") == "stats")]
+    try:
+        app.driver.find_element(By.ID, "join-button").click()
+        app.wait_for("!document.getElementById('call-screen').hidden", why="no call screen after Join")
+        # The headset: the room its microphone hears, and the microphone.
+        subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=headroom", "rate=48000",
+                        "channels=1"], check=True, capture_output=True)
+        subprocess.run(["pactl", "load-module", "module-remap-source", "source_name=headset",
+                        "master=headroom.monitor", "source_properties=device.description=Headset-Microphone"],
+                       check=True, capture_output=True)
+        headset = play_tone("headroom", 550, 40)
+        app.driver.find_element(By.ID, "settings-button").click()
+        app.wait_for("[...document.getElementById('settings-microphone').options]"
+                     ".some(o => o.text === 'Headset-Microphone')", timeout=8,
+                     why="the headset listed in Settings within a few seconds")
+        deadline = time.time() + 10
+        while not (heard() and abs(heard()[-1] - 440) < 3):
+            assert time.time() < deadline, f"Bob hears the desk microphone first: {heard()}"
+            time.sleep(0.2)
+        before = heard()
+        Select(app.driver.find_element(By.ID, "settings-microphone")).select_by_visible_text("Headset-Microphone")
+        app.wait_for("!document.getElementById('settings-microphone').disabled", why="the switch to finish")
+        app.screenshot("call-settings-devices")
+        errors = app.js("return [...document.querySelectorAll('.toast.bad')].map(t => t.textContent);")
+        assert not errors, errors
+        summary = bob.wait(lambda e: e.get("type") == "summary", timeout=40, why="the end of Bob's call")
+        ada = [p for p in summary["peers"] if p["name"] == "Ada"]
+        assert ada and not ada[0]["left"], summary
+        after = heard()[len(before):]
+        # The pitch Bob hears follows the switch within a couple of seconds (it is measured
+        # over the last 1.4 s), and stays there.
+        assert len(after) > 5 and all(abs(hz - 550) < 3 for hz in after[3:]), \
+            f"Bob hears the headset after the switch: {before} then {after}"
+        assert ada[0]["audio_packets_received"] > 500, f"and heard Ada all along: {ada[0]}"
+        saved = pathlib.Path(os.environ["XDG_CONFIG_HOME"]) / "org.confab.desktop" / "settings.json"
+        chosen = json.loads(saved.read_text())["microphone"]
+        assert chosen.endswith("headset"), f"kept for next time: {chosen}"
+        headset.kill()
+    finally:
+        desk.kill()

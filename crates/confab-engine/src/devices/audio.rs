@@ -80,10 +80,16 @@ fn find(kind: &'static str, id: Option<&str>, input: bool) -> Result<cpal::Devic
 
 /// The device `id` names (cpal's id, or the name people see) among those `host` has now.
 fn find_on(host: &cpal::Host, id: &str, input: bool) -> Option<cpal::Device> {
-    let devs = if input { host.input_devices() } else { host.output_devices() }.ok()?;
-    devs.into_iter().find(|d| {
+    present(host, id, input).ok().flatten()
+}
+
+/// Like [`find_on`], but says when the host could not list its devices at all (a sound
+/// server busy or restarting), which is no news about the device.
+fn present(host: &cpal::Host, id: &str, input: bool) -> Result<Option<cpal::Device>, cpal::Error> {
+    let devs = if input { host.input_devices() } else { host.output_devices() }?;
+    Ok(devs.into_iter().find(|d| {
         d.id().map(|x| x.to_string() == id).unwrap_or(false) || d.description().map(|x| x.name() == id).unwrap_or(false)
-    })
+    }))
 }
 
 /// How often a chosen device is looked for among those present.
@@ -103,10 +109,18 @@ fn watch_presence<T: Send + 'static>(
     Worker::spawn(format!("{kind}-watch"), move |stop| {
         // One host for the whole watch: with a sound server, one client connection.
         let host = cpal::default_host();
+        // Gone means missing from two listings in a row that both worked.
+        let mut missing = 0;
         while !stop.is_set() {
             thread::park_timeout(PRESENCE_EVERY);
-            if !stop.is_set() && find_on(&host, &id, input).is_none() {
-                tracing::debug!(kind, %id, "the chosen device is gone");
+            match present(&host, &id, input) {
+                _ if stop.is_set() => break,
+                Ok(Some(_)) => missing = 0,
+                Ok(None) => missing += 1,
+                Err(e) => tracing::debug!(kind, error = %e, "cannot list the devices now"),
+            }
+            if missing == 2 {
+                tracing::info!(kind, %id, "the chosen device is gone");
                 shared.break_off();
                 break;
             }
