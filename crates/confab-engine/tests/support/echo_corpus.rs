@@ -128,10 +128,29 @@ pub fn add(parts: &[&[f64]]) -> Vec<f64> {
     (0..LEN).map(|i| parts.iter().map(|p| p[i]).sum()).collect()
 }
 
+/// Something that takes what the speaker played and cleans what the microphone heard, 20 ms
+/// at a time: confab's [`CaptureProcessor`], or a candidate the benchmark compares it with.
+pub trait Canceller {
+    fn render(&mut self, far: &[i16]);
+    fn capture(&mut self, mic: &mut [i16; 2 * BLOCK]);
+}
+
+impl Canceller for CaptureProcessor {
+    fn render(&mut self, far: &[i16]) {
+        CaptureProcessor::render(self, far)
+    }
+    fn capture(&mut self, mic: &mut [i16; 2 * BLOCK]) {
+        CaptureProcessor::capture(self, mic)
+    }
+}
+
 /// Runs the capture processing over `mic` with `far` as what the speaker played, in the order
 /// a call does: each 20 ms, what was played during it, then what the microphone heard.
 pub fn process(settings: ProcessingSettings, far: &[i16], mic: &[i16]) -> (Vec<i16>, std::time::Duration) {
-    let mut p = CaptureProcessor::new(settings, None);
+    process_with(&mut CaptureProcessor::new(settings, None), far, mic)
+}
+
+pub fn process_with(p: &mut dyn Canceller, far: &[i16], mic: &[i16]) -> (Vec<i16>, std::time::Duration) {
     let mut out = Vec::with_capacity(mic.len());
     let frame = 2 * BLOCK;
     let started = std::time::Instant::now();
@@ -193,6 +212,11 @@ fn voice_in(out: &[i16], near: &[i16], range: std::ops::Range<usize>) -> (f64, u
 
 /// The scene with an echo `delay_ms` late and `drift_ppm` of drift, through `settings`.
 pub fn scene(settings: ProcessingSettings, delay_ms: f64, drift_ppm: f64) -> Figures {
+    scene_with(&mut CaptureProcessor::new(settings, None), delay_ms, drift_ppm)
+}
+
+/// The same scene through any canceller.
+pub fn scene_with(p: &mut dyn Canceller, delay_ms: f64, drift_ppm: f64) -> Figures {
     // Far: a lower voice, loud in the speaker; near: a higher one, at talking level.
     let far = add(&[&voice(11, 120.0, 0.5, FAR_ALONE), &voice(13, 120.0, 0.5, DOUBLE_TALK)]);
     let near = voice(23, 210.0, 0.3, NEAR_ALONE.start..DOUBLE_TALK.end);
@@ -200,7 +224,7 @@ pub fn scene(settings: ProcessingSettings, delay_ms: f64, drift_ppm: f64) -> Fig
     let heard = echo(&far, delay_ms, drift_ppm, 6.0);
     let mic = to_i16(&add(&[&heard, &near, &room_noise]));
     let (far, near) = (to_i16(&far), to_i16(&near));
-    let (out, took) = process(settings, &far, &mic);
+    let (out, took) = process_with(p, &far, &mic);
     let converged = FAR_ALONE.end - 5 * RATE..FAR_ALONE.end;
     let settle = RATE / 2;
     let alone = NEAR_ALONE.start + settle..NEAR_ALONE.end;
