@@ -24,6 +24,7 @@
 pub mod audio_processing;
 pub mod bwe;
 pub mod call;
+pub mod clock_drift;
 pub mod codec;
 pub mod device_recovery;
 pub mod devices;

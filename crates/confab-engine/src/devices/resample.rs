@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Async, FixedAsync, Resampler, SincInterpolationParameters, SincInterpolationType, WindowFunction};
+use rubato::{
+    Adjustable, Async, FixedAsync, Resampler, SincInterpolationParameters, SincInterpolationType, WindowFunction,
+};
 
 /// Input taken per conversion step: 10 ms at 48 kHz, 441 samples at 44.1 kHz.
 const STEP_MS: usize = 10;
@@ -27,7 +29,27 @@ struct Sinc {
 
 impl RateConverter {
     pub fn new(from_hz: u32, to_hz: u32) -> Self {
-        let inner = (from_hz != to_hz).then(|| {
+        Self::build(from_hz, to_hz, from_hz != to_hz)
+    }
+
+    /// A converter between two rates nominally the same but on different clocks, whose
+    /// ratio [`RateConverter::set_ratio`] follows as it is measured.
+    pub fn adjustable(hz: u32) -> Self {
+        Self::build(hz, hz, true)
+    }
+
+    /// Output samples per input sample from now on, within 1 % of the nominal ratio; moved
+    /// to gradually, so that the change itself makes no click.
+    pub fn set_ratio(&mut self, relative: f64) {
+        if let Some(s) = self.inner.as_mut() {
+            if let Err(e) = s.resampler.set_resample_ratio_relative(relative.clamp(0.99, 1.01), true) {
+                tracing::debug!(error = %e, relative, "cannot change the resampling ratio");
+            }
+        }
+    }
+
+    fn build(from_hz: u32, to_hz: u32, convert: bool) -> Self {
+        let inner = convert.then(|| {
             let step = from_hz as usize * STEP_MS / 1000;
             // Voice needs nothing above 20 kHz: a 128-tap sinc is transparent for it at a
             // fraction of the cost of the default 256.
@@ -154,6 +176,16 @@ mod tests {
         c.push(input.iter().copied());
         assert_eq!(c.take(2_000).collect::<Vec<_>>(), input);
         assert_eq!(c.step(), 0);
+    }
+
+    #[test]
+    fn an_adjustable_converter_follows_the_ratio_it_is_given() {
+        let mut c = RateConverter::adjustable(48_000);
+        c.set_ratio(1.0 + 500e-6);
+        c.push(sine(440.0, 48_000, 48_000 * 20));
+        let extra = c.available() as f64 - 48_000.0 * 20.0;
+        // 500 ppm of 20 s is 480 samples; the filter's delay holds a few back.
+        assert!((300.0..=490.0).contains(&extra), "{extra} samples more");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 #![allow(dead_code)]
 
-use confab_engine::audio_processing::{CaptureProcessor, ProcessingSettings, BLOCK};
+use confab_engine::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, BLOCK};
 
 pub const RATE: usize = 48_000;
 pub const FAR_ALONE: std::ops::Range<usize> = 0..10 * RATE;
@@ -144,10 +144,30 @@ impl Canceller for CaptureProcessor {
     }
 }
 
-/// Runs the capture processing over `mic` with `far` as what the speaker played, in the order
-/// a call does: each 20 ms, what was played during it, then what the microphone heard.
-pub fn process(settings: ProcessingSettings, far: &[i16], mic: &[i16]) -> (Vec<i16>, std::time::Duration) {
-    process_with(&mut CaptureProcessor::new(settings, None), far, mic)
+/// Runs confab's capture processing over `mic` as a call does: what the speaker played goes
+/// to its echo reference as the speaker's callback hands it over, and each microphone frame
+/// follows. Both device clocks are simulated, each callback up to 2 ms late: the speaker's
+/// at 48 kHz, the microphone's `drift_ppm` slower (as `echo` makes it).
+pub fn process(
+    settings: ProcessingSettings,
+    far: &[i16],
+    mic: &[i16],
+    drift_ppm: f64,
+) -> (Vec<i16>, std::time::Duration) {
+    let reference = std::sync::Arc::new(EchoReference::default());
+    let mut p = CaptureProcessor::new(settings, Some(reference.clone()));
+    let mut late = Rng(99);
+    let step = 1.0 + drift_ppm * 1e-6;
+    let frame = 2 * BLOCK;
+    let mut out = Vec::with_capacity(mic.len());
+    let started = std::time::Instant::now();
+    for (k, (f, m)) in far.chunks_exact(frame).zip(mic.chunks_exact(frame)).enumerate() {
+        reference.played_at(f.iter().copied(), k as f64 * 0.02 + late.between(0.0, 0.002));
+        let mut pcm: [i16; 2 * BLOCK] = m.try_into().unwrap();
+        p.capture_at(&mut pcm, (k + 1) as f64 * 0.02 * step + late.between(0.0, 0.002));
+        out.extend_from_slice(&pcm);
+    }
+    (out, started.elapsed())
 }
 
 pub fn process_with(p: &mut dyn Canceller, far: &[i16], mic: &[i16]) -> (Vec<i16>, std::time::Duration) {
@@ -210,13 +230,22 @@ fn voice_in(out: &[i16], near: &[i16], range: std::ops::Range<usize>) -> (f64, u
     (20.0 * (cross / own.max(1e-9)).max(1e-9).log10(), lag)
 }
 
-/// The scene with an echo `delay_ms` late and `drift_ppm` of drift, through `settings`.
+/// The scene with an echo `delay_ms` late and `drift_ppm` of drift, through confab's
+/// processing with `settings`.
 pub fn scene(settings: ProcessingSettings, delay_ms: f64, drift_ppm: f64) -> Figures {
-    scene_with(&mut CaptureProcessor::new(settings, None), delay_ms, drift_ppm)
+    scene_through(delay_ms, drift_ppm, |far, mic| process(settings, far, mic, drift_ppm))
 }
 
-/// The same scene through any canceller.
+/// The same scene through any canceller, given the reference as played.
 pub fn scene_with(p: &mut dyn Canceller, delay_ms: f64, drift_ppm: f64) -> Figures {
+    scene_through(delay_ms, drift_ppm, |far, mic| process_with(p, far, mic))
+}
+
+fn scene_through(
+    delay_ms: f64,
+    drift_ppm: f64,
+    run: impl FnOnce(&[i16], &[i16]) -> (Vec<i16>, std::time::Duration),
+) -> Figures {
     // Far: a lower voice, loud in the speaker; near: a higher one, at talking level.
     let far = add(&[&voice(11, 120.0, 0.5, FAR_ALONE), &voice(13, 120.0, 0.5, DOUBLE_TALK)]);
     let near = voice(23, 210.0, 0.3, NEAR_ALONE.start..DOUBLE_TALK.end);
@@ -224,7 +253,7 @@ pub fn scene_with(p: &mut dyn Canceller, delay_ms: f64, drift_ppm: f64) -> Figur
     let heard = echo(&far, delay_ms, drift_ppm, 6.0);
     let mic = to_i16(&add(&[&heard, &near, &room_noise]));
     let (far, near) = (to_i16(&far), to_i16(&near));
-    let (out, took) = process_with(p, &far, &mic);
+    let (out, took) = run(&far, &mic);
     let converged = FAR_ALONE.end - 5 * RATE..FAR_ALONE.end;
     let settle = RATE / 2;
     let alone = NEAR_ALONE.start + settle..NEAR_ALONE.end;
@@ -253,7 +282,7 @@ pub fn noisy_room(settings: ProcessingSettings, noise_dbfs: f64) -> NoiseFigures
     let near = voice(23, 210.0, 0.3, NEAR_ALONE.start..DOUBLE_TALK.end);
     let mic = to_i16(&add(&[&near, &noise(9, noise_dbfs)]));
     let silence = vec![0i16; mic.len()];
-    let (out, _) = process(settings, &silence, &mic);
+    let (out, _) = process(settings, &silence, &mic, 0.0);
     let quiet = FAR_ALONE.end - 5 * RATE..FAR_ALONE.end;
     let talking = NEAR_ALONE.start + RATE / 2..DOUBLE_TALK.end;
     NoiseFigures {
