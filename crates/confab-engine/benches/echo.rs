@@ -53,6 +53,12 @@ fn main() {
             row(delay_ms, drift_ppm, &scene(aec_only, delay_ms, drift_ppm));
         }
     }
+    println!("later in the call (15-20 s of the far end alone), ERLE:");
+    for delay_ms in DELAYS {
+        let cells: Vec<String> =
+            DRIFTS.iter().map(|&ppm| format!("{ppm} ppm {:.1} dB", erle_later(aec_only, delay_ms, ppm))).collect();
+        println!("  {delay_ms} ms: {}", cells.join(", "));
+    }
     #[cfg(feature = "compare-webrtc-apm")]
     webrtc_apm::compare();
     let all = ProcessingSettings::default();

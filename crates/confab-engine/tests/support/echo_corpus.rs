@@ -268,6 +268,16 @@ fn scene_through(
     }
 }
 
+/// ERLE later in a call: 20 s of the far end alone, measured over the last 5 s, when the
+/// drift between the clocks has long been measured.
+pub fn erle_later(settings: ProcessingSettings, delay_ms: f64, drift_ppm: f64) -> f64 {
+    let far = voice(11, 120.0, 0.5, 0..LEN);
+    let mic = to_i16(&add(&[&echo(&far, delay_ms, drift_ppm, 6.0), &noise(5, -70.0)]));
+    let (out, _) = process(settings, &to_i16(&far), &mic, drift_ppm);
+    let last = LEN - 5 * RATE..LEN;
+    db(power(&mic[last.clone()]) / power(&out[last]))
+}
+
 /// What noise suppression did to a room with steady noise at `noise_dbfs`.
 #[derive(Debug)]
 pub struct NoiseFigures {
