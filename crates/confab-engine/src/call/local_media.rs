@@ -120,10 +120,22 @@ impl LocalMedia {
                 Ok(())
             }
             Err(e) => {
+                // The old speaker again; if that is gone too (moved away from earlier), the
+                // default; failing both, nothing for now, with recovery looking for the
+                // default: the call must never be left without a playout thread.
                 let old = self.sink_spec.clone();
-                match self.open_sink(&old) {
-                    Ok(sink) => self.play_to(sink, old),
-                    Err(e) => tracing::warn!(error = %e, "cannot open the old speaker again either"),
+                let fallback = [old.clone(), SinkSpec::Speaker(None)]
+                    .into_iter()
+                    .find_map(|spec| self.open_sink(&spec).ok().map(|sink| (sink, spec)));
+                match fallback {
+                    Some((sink, spec)) => self.play_to(sink, spec),
+                    None => {
+                        tracing::warn!(
+                            "cannot open the old speaker or the default; playing to nothing until one is back"
+                        );
+                        let null = Box::new(crate::devices::synthetic::NullSink::new());
+                        self.play_to(null, SinkSpec::Speaker(None));
+                    }
                 }
                 Err(e)
             }

@@ -456,7 +456,8 @@ where
             }
             // The same sound on every channel.
             for (f, s) in d.chunks_mut(ch).zip(to_device.take(frames)) {
-                f.fill(T::from_sample(s));
+                // Resampling can overshoot full scale a little; 24-bit conversion would wrap.
+                f.fill(T::from_sample(s.clamp(-1.0, 1.0 - f32::EPSILON)));
             }
         },
         err,

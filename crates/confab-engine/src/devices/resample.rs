@@ -42,7 +42,7 @@ impl RateConverter {
     /// to gradually, so that the change itself makes no click.
     pub fn set_ratio(&mut self, relative: f64) {
         if let Some(s) = self.inner.as_mut() {
-            if let Err(e) = s.resampler.set_resample_ratio_relative(relative.clamp(0.99, 1.01), true) {
+            if let Err(e) = s.resampler.set_resample_ratio_relative(relative.clamp(1.0 / 1.01, 1.01), true) {
                 tracing::debug!(error = %e, relative, "cannot change the resampling ratio");
             }
         }
