@@ -129,12 +129,18 @@ impl EchoReference {
         r.played.drain(..excess);
     }
 
-    /// Moves every whole 10 ms block played so far into `out`; with the speaker clock's rate.
-    fn take_blocks(&self, out: &mut Vec<i16>) -> Option<Rate> {
+    /// Moves every whole 10 ms block played so far into `out`.
+    fn take_blocks(&self, out: &mut Vec<i16>) {
         let mut r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let whole = r.played.len() / BLOCK * BLOCK;
         out.extend(r.played.drain(..whole));
-        r.clock.measure()
+    }
+
+    /// How fast the speaker's clock runs. A least-squares fit over up to a minute of
+    /// points: asked for once a second, not with every frame, as it holds the lock the
+    /// speaker's callback needs.
+    fn speaker_rate(&self) -> Option<Rate> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clock.measure()
     }
 }
 
@@ -240,11 +246,11 @@ impl CaptureProcessor {
         if let Some(r) = self.reference.clone() {
             let mut far = std::mem::take(&mut self.far);
             far.clear();
-            let speaker_rate = r.take_blocks(&mut far);
+            r.take_blocks(&mut far);
             let d = &mut self.drift;
             d.frames += 1;
             if d.frames % 50 == 0 {
-                if let Some((s, m)) = speaker_rate.zip(d.mic.measure()) {
+                if let Some((s, m)) = r.speaker_rate().zip(d.mic.measure()) {
                     let ratio = reference_ratio(m, s);
                     if ratio != d.ratio {
                         d.to_mic.set_ratio(ratio);
