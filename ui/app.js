@@ -261,12 +261,25 @@ function onEvent(ev) {
       }
       break;
     case 'device':
-      if (ev.state === 'stopped') toast(`Your ${ev.kind} stopped (${ev.reason}); trying to get it back…`, true);
+      if (ev.kind === 'camera') cameraStopped(ev.state === 'stopped');
+      if (ev.state === 'stopped') {
+        const others = ev.kind === 'camera' && state.devices.some((d) => d.kind === 'camera' && d.id !== $('camera-select').value);
+        toast(`Your ${ev.kind} stopped (${ev.reason}); trying to get it back…` + (others ? ' You can pick another camera in Settings.' : ''), true);
+      }
       else if (ev.state === 'moved') { toast(`Your ${ev.kind} is gone; now using ${ev.device}.`, true); movedToDefault(ev.kind); }
       else toast(`Your ${ev.kind} is back.`);
       break;
     case 'ended': if (state.screen === 'call' && ev.reason !== 'left') { toast(`Call ended: ${ev.reason}`, true); leaveToJoin(); } break;
   }
+}
+
+// Our camera stopped (peers see it off) or came back: the self tile says so.
+function cameraStopped(stopped) {
+  const tile = state.selfTile; if (!tile) return;
+  tile.el.dataset.cameraStopped = String(stopped);
+  tile.setState(stopped ? 'Camera stopped' : '');
+  if (!stopped) return;
+  tile.el.classList.remove('has-video');
 }
 
 // The call now uses the system default of `kind`: the lists say so (and keep it for next time).
@@ -324,11 +337,13 @@ function fillSettingsDevices() {
 
 // Another camera, microphone or speaker, at once and without leaving the call.
 async function switchDevice(kind, sel) {
-  const join = $(DEVICE_SELECTS[kind]), before = join.value;
+  // The choice as made: a list refresh may redraw the select while the switch runs.
+  const join = $(DEVICE_SELECTS[kind]), before = join.value, id = sel.value;
   sel.disabled = true;
   try {
-    await invoke('switch_device', { kind, id: sel.value });
-    join.value = sel.value;
+    await invoke('switch_device', { kind, id });
+    join.value = id;
+    if (kind === 'camera' && state.selfTile?.el.dataset.cameraStopped === 'true') cameraStopped(false);
   } catch (e) {
     toast(String(e), true);
     sel.value = before;

@@ -110,7 +110,9 @@ fn save_settings(state: State<'_, AppState>, settings: Settings) -> Result<(), S
 /// that has none is the synthetic one.
 fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
     match VideoSpec::from_device_id(id) {
-        VideoSpec::Camera(None) if synthetic && devices::camera::list().is_empty() => VideoSpec::Synthetic,
+        VideoSpec::Camera(None) if synthetic && devices::camera::list(&devices::Cameras::system()).is_empty() => {
+            VideoSpec::Synthetic
+        }
         spec => spec,
     }
 }
@@ -125,9 +127,11 @@ async fn start_preview(
     stop_preview_inner(&state);
     let spec = video_spec(&camera, state.synthetic);
     // Opening a camera takes a while (the driver negotiates a mode): not on the UI thread.
-    let source = tauri::async_runtime::spawn_blocking(move || devices::open_video(&spec, 640, 360, 30))
-        .await
-        .map_err(|e| e.to_string())?;
+    let source = tauri::async_runtime::spawn_blocking(move || {
+        devices::open_video(&spec, &devices::Cameras::system(), 640, 360, 30)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let Some(mut source) = source.map_err(|e| e.to_string())? else {
         return Ok(());
     };
@@ -140,7 +144,9 @@ async fn start_preview(
         while !stop.is_set() {
             match source.next_frame() {
                 Ok(Some(f)) => {
-                    fwd.on_frame(&me, &DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms })
+                    // As the call will send it: cropped to 16:9, never stretched.
+                    let frame = f.frame.fitted(640, 360);
+                    fwd.on_frame(&me, &DecodedFrame { frame, stamp: None, decoded_ms: f.capture_ms })
                 }
                 _ => break,
             }
@@ -281,7 +287,7 @@ async fn join(
 
     let mut video = video_spec(&req.camera, state.synthetic);
     let mut audio_only = false;
-    if video == VideoSpec::Camera(None) && devices::camera::list().is_empty() {
+    if video == VideoSpec::Camera(None) && devices::camera::list(&devices::Cameras::system()).is_empty() {
         // No camera at all: join with sound only rather than not at all.
         video = VideoSpec::None;
         audio_only = true;

@@ -249,7 +249,7 @@ impl CaptureProcessor {
             r.take_blocks(&mut far);
             let d = &mut self.drift;
             d.frames += 1;
-            if d.frames % 50 == 0 {
+            if d.frames.is_multiple_of(50) {
                 if let Some((s, m)) = r.speaker_rate().zip(d.mic.measure()) {
                     let ratio = reference_ratio(m, s);
                     if ratio != d.ratio {
@@ -272,7 +272,7 @@ impl CaptureProcessor {
             }
             self.captured += 1;
         }
-        if self.captured % 500 == 0 {
+        if self.captured.is_multiple_of(500) {
             let s = self.apm.statistics();
             tracing::debug!(
                 rendered = self.rendered,

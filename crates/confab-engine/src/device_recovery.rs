@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use crate::devices::{AudioSink, AudioSource, DeviceError};
+use crate::devices::{AudioSink, AudioSource, DeviceError, VideoSource};
 
 /// What a media thread tells its call about its device (the call turns it into an event).
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +30,12 @@ pub trait Named {
 }
 
 impl Named for Box<dyn AudioSource> {
+    fn device_name(&self) -> String {
+        self.name()
+    }
+}
+
+impl Named for Box<dyn VideoSource> {
     fn device_name(&self) -> String {
         self.name()
     }
@@ -77,6 +83,12 @@ impl<D: Named> Recovery<D> {
         if !matches!(why, DeviceError::Unavailable { .. }) {
             self.tell_stopped(&why);
         }
+        self.failure = Some(why);
+    }
+
+    /// The device failed in a way that opening it again usually mends (a camera's stream
+    /// broke): the call hears of it only if the next attempt fails too.
+    pub fn interrupted(&mut self, why: DeviceError) {
         self.failure = Some(why);
     }
 

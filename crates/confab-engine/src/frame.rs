@@ -54,43 +54,77 @@ impl I420Frame {
         (&self.data[..ys], &self.data[ys..ys + cs], &self.data[ys + cs..ys + 2 * cs])
     }
 
-    /// A copy scaled to `width` x `height` (box-filtered when shrinking, nearest when
-    /// growing). Used to send the UI only the pixels a tile shows.
+    /// A copy scaled to `width` x `height` (bilinear, SIMD), stretching if the aspect
+    /// differs. Used to send the UI only the pixels a tile shows.
     pub fn scaled(&self, width: u32, height: u32) -> I420Frame {
         if width == self.width && height == self.height {
             return self.clone();
         }
-        let mut out = I420Frame::new(width.max(2), height.max(2));
+        self.resized((0, 0, self.width, self.height), width.max(2) & !1, height.max(2) & !1)
+    }
+
+    /// This picture at exactly `width` x `height` without distorting it: the largest centred
+    /// part with the target's aspect ratio, scaled. A 4:3 camera in a 16:9 call loses a strip
+    /// at the top and bottom, as in browsers, rather than making round faces oval.
+    pub fn fitted(self, width: u32, height: u32) -> I420Frame {
+        if (width, height) == (self.width, self.height) {
+            return self;
+        }
+        let (sw, sh) = (self.width as u64, self.height as u64);
+        let (tw, th) = (width.max(2) as u64, height.max(2) as u64);
+        // Even offsets and sizes keep the chroma planes aligned with the luma.
+        let (cw, ch) = if sw * th > sh * tw { ((sh * tw / th) & !1, sh) } else { (sw, (sw * th / tw) & !1) };
+        let (cw, ch) = (cw.clamp(2, sw) as u32, ch.clamp(2, sh) as u32);
+        let x = ((self.width - cw) / 2) & !1;
+        let y = ((self.height - ch) / 2) & !1;
+        self.resized((x, y, cw, ch), width.max(2) & !1, height.max(2) & !1)
+    }
+
+    /// The region `(x, y, w, h)` (even `x` and `y`) scaled to `width` x `height`.
+    fn resized(&self, (x, y, w, h): (u32, u32, u32, u32), width: u32, height: u32) -> I420Frame {
+        let mut out = I420Frame::new(width, height);
+        let (ow, oh) = (out.width, out.height);
+        let (ocw, och) = (out.chroma_width() as u32, out.chroma_height() as u32);
+        let (scw, sch) = (self.chroma_width() as u32, self.chroma_height() as u32);
         let (sy, su, sv) = self.planes();
-        let (ow, oh) = (out.width as usize, out.height as usize);
-        let (ocw, och) = (out.chroma_width(), out.chroma_height());
         let (dy, du, dv) = out.planes_mut();
-        scale_plane(sy, self.width as usize, self.height as usize, dy, ow, oh);
-        scale_plane(su, self.chroma_width(), self.chroma_height(), du, ocw, och);
-        scale_plane(sv, self.chroma_width(), self.chroma_height(), dv, ocw, och);
+        RESIZER.with_borrow_mut(|r| {
+            let luma = (x as f64, y as f64, w as f64, h as f64);
+            let chroma = (x as f64 / 2.0, y as f64 / 2.0, w as f64 / 2.0, h as f64 / 2.0);
+            resize_plane(r, sy, (self.width, self.height), luma, dy, (ow, oh));
+            resize_plane(r, su, (scw, sch), chroma, du, (ocw, och));
+            resize_plane(r, sv, (scw, sch), chroma, dv, (ocw, och));
+        });
         out
     }
 }
 
-/// Area-average scaling of one plane; each output pixel averages the source pixels it
-/// covers (at least one).
-fn scale_plane(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, dh: usize) {
-    for oy in 0..dh {
-        let y0 = oy * sh / dh;
-        let y1 = ((oy + 1) * sh / dh).max(y0 + 1).min(sh);
-        for ox in 0..dw {
-            let x0 = ox * sw / dw;
-            let x1 = ((ox + 1) * sw / dw).max(x0 + 1).min(sw);
-            let mut sum = 0u32;
-            for y in y0..y1 {
-                let row = &src[y * sw..];
-                for &p in &row[x0..x1] {
-                    sum += p as u32;
-                }
-            }
-            let n = ((y1 - y0) * (x1 - x0)) as u32;
-            dst[oy * dw + ox] = ((sum + n / 2) / n) as u8;
-        }
+thread_local! {
+    /// Scratch buffers of the scaler, kept per thread (capture, decode and UI threads scale).
+    static RESIZER: std::cell::RefCell<fast_image_resize::Resizer> =
+        std::cell::RefCell::new(fast_image_resize::Resizer::new());
+}
+
+/// Scales the `crop` region of one 8-bit plane into `dst`. Sizes are consistent by
+/// construction, so the library's errors (buffer sizes) cannot happen; one would leave the
+/// plane as it was, never panic on a frame.
+fn resize_plane(
+    r: &mut fast_image_resize::Resizer,
+    src: &[u8],
+    (sw, sh): (u32, u32),
+    (cx, cy, cw, ch): (f64, f64, f64, f64),
+    dst: &mut [u8],
+    (dw, dh): (u32, u32),
+) {
+    use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions};
+    let (Ok(src), Ok(mut dst)) =
+        (ImageRef::new(sw, sh, src, PixelType::U8), Image::from_slice_u8(dw, dh, dst, PixelType::U8))
+    else {
+        return;
+    };
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(cx, cy, cw, ch);
+    if let Err(e) = r.resize(&src, &mut dst, &options) {
+        tracing::debug!(error = %e, "cannot scale a plane");
     }
 }
 
@@ -116,9 +150,36 @@ mod tests {
                 *p = if (i % 8) < 4 { 0 } else { 200 };
             }
         }
-        let s = f.scaled(2, 2);
-        assert_eq!(s.y(), &[0, 200, 0, 200]);
-        let up = s.scaled(4, 4);
-        assert_eq!(&up.y()[..4], &[0, 0, 200, 200]);
+        // Bilinear: the edge blends, the flat areas keep their values.
+        let s = f.scaled(4, 4);
+        let row = &s.y()[4..8];
+        assert_eq!((row[0], row[3]), (0, 200), "{row:?}");
+        assert!(row[1] < 100 && row[2] > 100, "{row:?}");
+        let up = s.scaled(8, 8);
+        assert_eq!((up.y()[8], up.y()[15]), (0, 200));
+    }
+
+    /// A 4:3 picture whose left and right halves differ, with bands at the top and bottom
+    /// that a 16:9 crop must cut: fitting keeps the middle, unstretched.
+    #[test]
+    fn fitting_a_4_3_picture_into_16_9_crops_the_top_and_bottom() {
+        let mut f = I420Frame::new(64, 48);
+        {
+            let (y, _, _) = f.planes_mut();
+            for (i, p) in y.iter_mut().enumerate() {
+                let (row, col) = (i / 64, i % 64);
+                *p = if !(6..42).contains(&row) {
+                    255
+                } else if col < 32 {
+                    50
+                } else {
+                    150
+                };
+            }
+        }
+        let fit = f.fitted(64, 36);
+        assert_eq!((fit.width, fit.height), (64, 36));
+        assert!(fit.y().iter().all(|&p| p == 50 || p == 150), "the bands are cut, nothing else");
+        assert_eq!(fit.y()[..64].iter().filter(|&&p| p == 50).count(), 32, "the halves keep their widths");
     }
 }

@@ -135,10 +135,23 @@ impl FrameSlot {
     }
 }
 
-/// Capture + encode threads of the local video. Dropping it stops capture at once (the
-/// source is dropped, so a camera's light goes out) and joins both threads.
+/// What the capture thread reads from: the source, and how to get it back when it fails.
+/// Switching cameras replaces both under the lock, between two frames.
+struct VideoInput {
+    source: Option<Box<dyn VideoSource>>,
+    recovery: Option<Recovery<Box<dyn VideoSource>>>,
+}
+
+/// Capture + encode threads of the local video. Every frame is fitted (cropped, scaled) to
+/// the encoder's size, so a new source, whatever its size, feeds the same encoder: peers
+/// see a keyframe, never a renegotiation. Dropping it stops capture at once (the source is
+/// dropped, so a camera's light goes out) and joins both threads.
 pub struct VideoPipeline {
     slot: Arc<FrameSlot>,
+    input: Arc<Mutex<VideoInput>>,
+    out: SendSide,
+    /// Frames sources skipped as unreadable, over the pipeline's life.
+    bad: Arc<AtomicU64>,
     _capture: Worker,
     _encode: Worker,
 }
@@ -147,8 +160,11 @@ pub struct VideoPipeline {
 const MIN_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 
 impl VideoPipeline {
+    /// `recovery` opens the source again when it fails (a camera); `None` ends the video
+    /// instead.
     pub fn start(
-        mut source: Box<dyn VideoSource>,
+        source: Box<dyn VideoSource>,
+        recovery: Option<Recovery<Box<dyn VideoSource>>>,
         enc: Vp8Config,
         out: SendSide,
         self_view: Option<Arc<dyn FrameSink>>,
@@ -159,40 +175,87 @@ impl VideoPipeline {
             ready: Condvar::new(),
             replaced: AtomicU64::new(0),
         });
-        let slot1 = slot.clone();
+        let input = Arc::new(Mutex::new(VideoInput { source: Some(source), recovery }));
+        let bad = Arc::new(AtomicU64::new(0));
+        let (slot1, input1, bad1) = (slot.clone(), input.clone(), bad.clone());
         let capture = Worker::spawn("video-capture", move |stop| {
+            // The bad frames the current source had reported, to add only what is new.
+            let mut seen_bad = 0u64;
+            let mut last_attempt: Option<Instant> = None;
             while !stop.is_set() {
-                match source.next_frame() {
-                    Ok(Some(mut f)) => {
-                        if let Some(view) = &self_view {
-                            // Lend the frame to the self view without copying it.
-                            let d = DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms };
-                            view.on_frame(&PeerId(SELF_TILE.into()), &d);
-                            f.frame = d.frame;
+                let mut guard = input1.lock().unwrap();
+                let VideoInput { source, recovery } = &mut *guard;
+                let Some(src) = source.as_mut() else {
+                    // Stopped, or being switched: try to get it back once a second.
+                    seen_bad = 0;
+                    if let Some(r) = recovery.as_mut() {
+                        if last_attempt.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
+                            last_attempt = Some(Instant::now());
+                            *source = r.attempt();
+                            if source.is_some() {
+                                continue;
+                            }
                         }
-                        slot1.put(f)
+                    }
+                    drop(guard);
+                    std::thread::park_timeout(Duration::from_millis(50));
+                    continue;
+                };
+                let got = src.next_frame();
+                let now_bad = src.bad_frames();
+                bad1.fetch_add(now_bad.saturating_sub(seen_bad), Relaxed);
+                seen_bad = now_bad;
+                match got {
+                    Ok(Some(f)) => {
+                        if let Some(r) = recovery.as_mut() {
+                            r.delivering();
+                        }
+                        drop(guard);
+                        let mut frame = f.frame.fitted(enc.width, enc.height);
+                        if let Some(stamp) = f.stamp {
+                            stamp.draw(&mut frame);
+                        }
+                        let f = CapturedFrame { frame, ..f };
+                        slot1.put(match &self_view {
+                            Some(view) => {
+                                // Lend the frame to the self view without copying it.
+                                let d = DecodedFrame { frame: f.frame, stamp: None, decoded_ms: f.capture_ms };
+                                view.on_frame(&PeerId(SELF_TILE.into()), &d);
+                                CapturedFrame { frame: d.frame, ..f }
+                            }
+                            None => f,
+                        });
                     }
                     Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, "video capture failed");
-                        break;
-                    }
+                    Err(e) => match recovery.as_mut() {
+                        Some(r) => {
+                            debug!(error = %e, "video source stopped");
+                            // A camera that failed usually opens again at once; the call hears
+                            // of it only if it does not.
+                            r.interrupted(e);
+                            *source = None;
+                            last_attempt = None;
+                        }
+                        None => {
+                            warn!(error = %e, "video capture failed");
+                            break;
+                        }
+                    },
                 }
             }
             slot1.close();
-            drop(source);
+            // The source goes with the pipeline's input, when the pipeline drops.
         })
         .expect("spawn capture thread");
         let slot2 = slot.clone();
         let duration = Duration::from_nanos(1_000_000_000 / enc.fps.max(1) as u64);
+        let out2 = out.clone();
         let encode = Worker::spawn("video-encode", move |_| {
+            let out = out2;
             let mut last_key: Option<Instant> = None;
             while let Some(f) = slot2.take() {
-                let frame = if (f.frame.width, f.frame.height) != (enc.width, enc.height) {
-                    f.frame.scaled(enc.width, enc.height)
-                } else {
-                    f.frame
-                };
+                // Fitted on capture already; a frame of another size would be one too many.
+                let frame = f.frame.fitted(enc.width, enc.height);
                 // Honour keyframe requests at most every 500 ms (the first always): on a
                 // congested path each keyframe is a burst that causes the next loss and the
                 // next request, a storm that starves everything else. A request that waits
@@ -231,12 +294,37 @@ impl VideoPipeline {
             }
         })
         .expect("spawn encode thread");
-        Ok(VideoPipeline { slot, _capture: capture, _encode: encode })
+        Ok(VideoPipeline { slot, input, out, bad, _capture: capture, _encode: encode })
+    }
+
+    /// Sends video from another source from now on, through the same encoder. The old
+    /// source is closed first (a camera may not open twice, and a USB bus may not carry
+    /// two), then `open` runs; if it fails, the pipeline has no source and the error is
+    /// returned (the caller puts the old one back). The next frame is a keyframe.
+    pub fn switch<E>(
+        &self,
+        open: impl FnOnce() -> Result<(Box<dyn VideoSource>, Option<Recovery<Box<dyn VideoSource>>>), E>,
+    ) -> Result<(), E> {
+        let mut input = self.input.lock().unwrap();
+        input.source = None;
+        input.recovery = None;
+        let (source, recovery) = open()?;
+        input.source = Some(source);
+        input.recovery = recovery;
+        // Every peer needs a keyframe of the new picture at once; a delta frame against
+        // the old camera's picture would be garbage.
+        self.out.new_viewer.store(true, Relaxed);
+        Ok(())
     }
 
     /// Frames the encoder never saw because a newer one replaced them.
     pub fn frames_replaced(&self) -> u64 {
         self.slot.replaced.load(Relaxed)
+    }
+
+    /// Frames the sources skipped as unreadable (corrupt, short).
+    pub fn frames_bad(&self) -> u64 {
+        self.bad.load(Relaxed)
     }
 }
 
@@ -244,9 +332,12 @@ impl Drop for VideoPipeline {
     fn drop(&mut self) {
         // Capture stops before anything else (the camera light goes out at once, not a frame
         // later); the encoder ends when the slot closes. `_capture`, then `_encode`, are
-        // joined next.
+        // joined next; the source is dropped with the input once the capture thread let go.
         self._capture.ask_stop();
         self.slot.close();
+        if let Ok(mut input) = self.input.try_lock() {
+            input.source = None;
+        }
     }
 }
 

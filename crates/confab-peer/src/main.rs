@@ -37,7 +37,8 @@ struct Cli {
     /// Room password.
     #[arg(long)]
     password: Option<String>,
-    /// Video to send: synthetic, camera, camera:ID or none.
+    /// Video to send: synthetic, synthetic:4x3 (a 640x480 circle picture), camera,
+    /// camera:ID or none.
     #[arg(long, default_value = "synthetic")]
     video: VideoSpec,
     /// Audio to send: synthetic, synthetic:HZ, mic, mic:ID or none.
@@ -140,6 +141,8 @@ struct VideoRecord {
     freeze_ms: u64,
     /// Gaps of 300 ms or more: (wall ms when the picture came back, gap ms).
     stalls: Vec<(u64, u64)>,
+    /// The last picture's mean luma and chroma: which camera it shows, for a test.
+    picture: Option<[u8; 3]>,
 }
 
 impl VideoRecord {
@@ -175,6 +178,7 @@ impl FrameSink for Recorder {
         let r = peers.entry(peer.clone()).or_default();
         r.frames += 1;
         r.arrived(confab_proto::wall_ms());
+        r.picture = Some(mean_yuv(&f.frame));
         if let Some(s) = f.stamp {
             r.stamped += 1;
             if let Some(last) = r.last_no {
@@ -186,6 +190,16 @@ impl FrameSink for Recorder {
             r.latencies_ms.push(f.decoded_ms.saturating_sub(s.capture_ms));
         }
     }
+}
+
+/// Mean Y, U and V of a picture, from every 7th sample (enough to tell two scenes apart).
+fn mean_yuv(f: &confab_engine::frame::I420Frame) -> [u8; 3] {
+    let (y, u, v) = f.planes();
+    let mean = |p: &[u8]| {
+        let (sum, n) = p.iter().step_by(7).fold((0u64, 0u64), |(s, n), &x| (s + x as u64, n + 1));
+        (sum / n.max(1)) as u8
+    };
+    [mean(y), mean(u), mean(v)]
 }
 
 #[derive(Serialize, Default, Clone)]
@@ -326,7 +340,15 @@ async fn run(cli: Cli) -> Result<bool> {
                     _ => false,
                 };
                 if !quiet {
-                    print(&serde_json::to_value(&ev)?);
+                    let mut v = serde_json::to_value(&ev)?;
+                    if let CallEvent::Stats { stats } = &ev {
+                        // What the last picture from this peer looked like.
+                        let picture = recorder.peers.lock().unwrap().get(&stats.peer_id).and_then(|r| r.picture);
+                        if let Some([y, u, v_]) = picture {
+                            v["stats"]["picture"] = json!({"y": y, "u": u, "v": v_});
+                        }
+                    }
+                    print(&v);
                 }
                 if let Some(text) = &cli.chat {
                     let ready = connected.values().filter(|c| **c).count() >= cli.expect_peers;

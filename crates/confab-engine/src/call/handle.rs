@@ -23,6 +23,8 @@ pub(super) enum Command {
     SwitchAudio(AudioSpec, oneshot::Sender<Result<(), CallError>>),
     SwitchSink(SinkSpec, oneshot::Sender<Result<(), CallError>>),
     Processing(ProcessingSettings),
+    /// The camera stopped or came back (from the capture thread): peers must hear of it.
+    CameraDevice(crate::device_recovery::DeviceNotice),
     Chat(String),
     Leave(oneshot::Sender<()>),
 }
@@ -55,10 +57,20 @@ impl Call {
     /// server said `joined`; the first event is [`CallEvent::Joined`].
     pub async fn join(cfg: CallConfig, frames: Arc<dyn FrameSink>) -> Result<Call, CallError> {
         let (ev_tx, ev_rx) = mpsc::channel(1024);
-        let device_events = ev_tx.clone();
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        // Weak: the call's own media must not keep its command channel open (the task ends
+        // when the handle's sender is dropped).
+        let (device_events, camera_notices) = (ev_tx.clone(), cmd_tx.downgrade());
         let notices: DeviceNotices = Arc::new(move |n| {
-            // From a capture thread: never block it; a full queue loses the notice.
-            let _ = device_events.try_send(CallEvent::from(n));
+            // From a capture thread: never block it; a full queue loses the notice. The
+            // camera's go through the call (peers see camera off while it is stopped).
+            let _ = match n {
+                crate::device_recovery::DeviceNotice::Stopped { kind: "camera", .. }
+                | crate::device_recovery::DeviceNotice::Back { kind: "camera" } => {
+                    camera_notices.upgrade().is_some_and(|tx| tx.try_send(Command::CameraDevice(n)).is_ok())
+                }
+                n => device_events.try_send(CallEvent::from(n)).is_ok(),
+            };
         });
         // Devices first: a busy camera should fail the join, not half a call.
         let mut media = LocalMedia::open(&cfg, frames, notices)?;
@@ -67,7 +79,6 @@ impl Call {
         let (link, joined) = ServerLink::connect(&cfg).await?;
         let me = link.me().clone();
         info!(peer = %me, room = %joined.room, peers = joined.peers.len(), "joined");
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (pc_tx, pc_rx) = mpsc::channel(1024);
         media.play_to(sink, cfg.sink.clone());
         let first = CallEvent::Joined {

@@ -11,8 +11,8 @@ use confab_proto::{ClientMsg, PeerId};
 use super::{CallConfig, CallError, VoiceLevel};
 use crate::audio_processing::{CaptureProcessor, EchoReference, ProcessingSettings, ProcessingSwitch};
 use crate::codec::vp8::Vp8Config;
-use crate::device_recovery::{DeviceNotices, Recovery};
-use crate::devices::{self, AudioSink, AudioSpec, SinkSpec, VideoSpec};
+use crate::device_recovery::{DeviceNotice, DeviceNotices, Recovery};
+use crate::devices::{self, AudioSink, AudioSpec, Cameras, SinkSpec, VideoSource, VideoSpec};
 use crate::levels::Speaking;
 use crate::media::{AudioPipeline, AudioPlayoutThread, FrameSink, PeerAudioMap, SendSide, VideoPipeline, SELF_TILE};
 
@@ -29,7 +29,13 @@ pub(super) struct LocalMedia {
     /// also go to `frames` as the self view.
     format: VideoFormat,
     muted: Arc<AtomicBool>,
+    /// The user wants to send video.
     camera_on: bool,
+    /// The camera delivers (false while it is stopped and being opened again): peers see
+    /// video only when both hold.
+    camera_live: bool,
+    /// Where cameras come from (the machine's, or a test's).
+    cameras: Cameras,
     /// What a microphone's audio goes through, and what our speaker played (its echo
     /// reference).
     processing: Arc<ProcessingSwitch>,
@@ -72,7 +78,10 @@ impl LocalMedia {
             sink_spec: cfg.sink.clone(),
             format,
             muted: Arc::new(AtomicBool::new(false)),
-            camera_on: true,
+            // No video source means no camera, whatever the UI's button says.
+            camera_on: cfg.video != VideoSpec::None,
+            camera_live: true,
+            cameras: cfg.cameras.clone(),
             processing: Arc::new(ProcessingSwitch::new(cfg.processing)),
             echo: Arc::new(EchoReference::default()),
             notices,
@@ -148,16 +157,37 @@ impl LocalMedia {
         f.bitrate_kbps.unwrap_or_else(|| Vp8Config::realtime(f.width, f.height, f.fps).bitrate_kbps)
     }
 
+    /// Opens what `spec` names, with the recovery that opens a camera again when it fails.
+    #[allow(clippy::type_complexity)]
+    fn open_video(
+        &self,
+        spec: &VideoSpec,
+    ) -> Result<Option<(Box<dyn VideoSource>, Option<Recovery<Box<dyn VideoSource>>>)>, CallError> {
+        let f = self.format;
+        let Some(src) = devices::open_video(spec, &self.cameras, f.width, f.height, f.fps)? else { return Ok(None) };
+        // A camera that fails is opened again, the same one: moving to another camera
+        // without asking would show a room the user did not choose to show.
+        let recovery = matches!(spec, VideoSpec::Camera(_)).then(|| {
+            let (chosen, cameras) = (spec.clone(), self.cameras.clone());
+            let open = move |_default: bool| {
+                devices::open_video(&chosen, &cameras, f.width, f.height, f.fps)?
+                    .ok_or(devices::DeviceError::NotFound { kind: "camera", id: String::new() })
+            };
+            Recovery::new("camera", false, Box::new(open), self.notices.clone())
+        });
+        Ok(Some((src, recovery)))
+    }
+
     fn start_video(&self, spec: &VideoSpec) -> Result<Option<VideoPipeline>, CallError> {
         let f = self.format;
-        let Some(src) = devices::open_video(spec, f.width, f.height, f.fps)? else { return Ok(None) };
+        let Some((src, recovery)) = self.open_video(spec)? else { return Ok(None) };
         let mut enc = Vp8Config::realtime(f.width, f.height, f.fps);
         if let Some(kbps) = f.bitrate_kbps {
             enc.bitrate_kbps = kbps;
         }
         self.send.keyframe.store(true, Relaxed);
         let self_view = f.self_view.then(|| self.frames.clone());
-        Ok(Some(VideoPipeline::start(src, enc, self.send.clone(), self_view)?))
+        Ok(Some(VideoPipeline::start(src, recovery, enc, self.send.clone(), self_view)?))
     }
 
     fn start_audio(&self, spec: &AudioSpec) -> Result<Option<AudioPipeline>, CallError> {
@@ -201,7 +231,18 @@ impl LocalMedia {
 
     /// Our media state as the room hears it.
     pub fn state_msg(&self) -> ClientMsg {
-        ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on }
+        ClientMsg::State { muted: self.muted.load(Relaxed), camera: self.camera_on && self.camera_live }
+    }
+
+    /// The camera stopped or came back; true if what peers should see changed.
+    pub fn camera_notice(&mut self, n: &DeviceNotice) -> bool {
+        let live = match n {
+            DeviceNotice::Stopped { .. } => false,
+            DeviceNotice::Back { .. } | DeviceNotice::Moved { .. } => true,
+        };
+        let before = self.camera_on && self.camera_live;
+        self.camera_live = live;
+        before != (self.camera_on && self.camera_live)
     }
 
     /// Echo cancellation, noise suppression and gain control from now on; the microphone
@@ -220,40 +261,51 @@ impl LocalMedia {
         if on == self.camera_on {
             return None;
         }
-        self.camera_on = on;
         if !on {
+            self.camera_on = false;
             self.video = None;
             return Some(Ok(()));
         }
-        Some(match self.start_video(&self.video_spec.clone()) {
-            Ok(v) => {
-                self.video = v;
+        if self.video_spec == VideoSpec::None {
+            return Some(Err(CallError::Device(devices::DeviceError::NotFound { kind: "camera", id: String::new() })));
+        }
+        Some(self.start_video(&self.video_spec.clone()).map(|v| {
+            self.video = v;
+            self.camera_on = true;
+            self.camera_live = true;
+        }))
+    }
+
+    /// Sends video from `spec` from now on, through the encoder already running (peers get
+    /// a keyframe, not a new connection); if it cannot be opened, the old source again.
+    /// With the camera off, only the choice changes (turning it on opens the new one).
+    pub fn switch_video(&mut self, spec: VideoSpec) -> Result<(), CallError> {
+        if spec == VideoSpec::None {
+            self.video = None;
+            self.video_spec = spec;
+            self.camera_on = false;
+            return Ok(());
+        }
+        let Some(pipeline) = &self.video else {
+            self.video_spec = spec;
+            return Ok(());
+        };
+        // `spec` is not None here, so opening it gives a source or an error.
+        let opened = pipeline.switch(|| self.open_video(&spec)?.ok_or(CallError::Ended));
+        match opened {
+            Ok(()) => {
+                self.video_spec = spec;
+                self.camera_live = true;
                 Ok(())
             }
             Err(e) => {
-                self.camera_on = false;
+                let old = self.video_spec.clone();
+                if let Err(again) = pipeline.switch(|| self.open_video(&old)?.ok_or(CallError::Ended)) {
+                    tracing::warn!(error = %again, "cannot open the old camera again either");
+                }
                 Err(e)
             }
-        })
-    }
-
-    /// Sends video from `spec` from now on; if it cannot be opened, the old source again.
-    /// With the camera off, only the choice changes (turning it on opens the new one).
-    pub fn switch_video(&mut self, spec: VideoSpec) -> Result<(), CallError> {
-        if !self.camera_on {
-            self.video_spec = spec;
-            return Ok(());
         }
-        // Release the old camera first: some cannot be opened twice.
-        self.video = None;
-        let r = self.start_video(&spec).map(|v| {
-            self.video = v;
-            self.video_spec = spec;
-        });
-        if r.is_err() {
-            self.video = self.start_video(&self.video_spec.clone()).ok().flatten();
-        }
-        r
     }
 
     /// Sends audio from `spec` from now on; if it cannot be opened, the old one stays.

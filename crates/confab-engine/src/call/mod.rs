@@ -80,6 +80,8 @@ pub struct CallConfig {
     pub self_view: bool,
     /// Echo cancellation, noise suppression and gain control of a microphone.
     pub processing: crate::audio_processing::ProcessingSettings,
+    /// Where cameras come from: the machine's, unless a test brings its own.
+    pub cameras: devices::Cameras,
 }
 
 impl CallConfig {
@@ -102,6 +104,7 @@ impl CallConfig {
             extra_ice_servers: Vec::new(),
             self_view: false,
             processing: Default::default(),
+            cameras: devices::Cameras::system(),
         }
     }
 }

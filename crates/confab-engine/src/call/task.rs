@@ -152,6 +152,13 @@ impl CallTask {
                 let _ = ack.send(self.media.switch_sink(spec));
             }
             Command::Processing(s) => self.media.set_processing(s),
+            Command::CameraDevice(n) => {
+                let changed = self.media.camera_notice(&n);
+                self.emit(CallEvent::from(n)).await;
+                if changed {
+                    self.send_state().await;
+                }
+            }
             Command::Chat(text) => self.link.send(ClientMsg::Chat { text }).await,
             Command::Leave(_) => unreachable!("handled by run"),
         }

@@ -1,135 +1,163 @@
-//! Webcams through nokhwa (V4L2 on Linux). The camera lives on its own thread because
-//! nokhwa's handle may not move between threads; frames come out through a one-frame
-//! channel (a slow consumer gets the newest frame, never blocks the camera). Dropping the
-//! `Camera` stops the stream, which turns the camera light off.
+//! Webcams: a capture thread per open camera runs its [`CameraStream`] (nokhwa's, or a
+//! test's), converts each frame to I420 and hands it over through a one-frame channel (a
+//! slow consumer gets the newest frame, never blocks the camera). A bad frame (a corrupt
+//! JPEG while a USB camera starts, a short buffer) is skipped and counted; a camera that
+//! keeps failing ends the stream with an error, and the video pipeline opens it again.
+//! Dropping the `Camera` stops the stream, which turns the camera light off.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
-use nokhwa::pixel_format::RgbFormat;
-use nokhwa::utils::{
-    ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType, Resolution,
-};
-
+use super::camera_backend::{choose_mode, CameraMode, Cameras};
+use super::pixels::to_i420;
 use super::{CapturedFrame, DeviceError, DeviceInfo, DeviceKind, VideoSource};
-use crate::frame::I420Frame;
 use crate::worker::{StopFlag, Worker};
 
-/// Cameras present now. Ids are the system's camera index ("0", "1", ...).
-pub fn list() -> Vec<DeviceInfo> {
-    match nokhwa::query(ApiBackend::Auto) {
-        Ok(cams) => cams
-            .into_iter()
-            .map(|c| DeviceInfo {
-                kind: DeviceKind::Camera,
-                id: c.index().to_string(),
-                name: c.human_name(),
-                default: false,
-            })
-            .collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "camera query failed");
-            Vec::new()
-        }
-    }
+/// Cameras present now, by their stable ids.
+pub fn list(cameras: &Cameras) -> Vec<DeviceInfo> {
+    cameras
+        .0
+        .list()
+        .into_iter()
+        .map(|c| DeviceInfo { kind: DeviceKind::Camera, id: c.id, name: c.name, default: false })
+        .collect()
 }
+
+/// Bad frames in a row that make a camera count as failed (a second at 30 fps): a camera
+/// warming up sends a few, a broken one sends nothing else.
+const BAD_FRAMES_IN_A_ROW: u32 = 30;
+/// Failed reads in a row that do the same.
+const FAILED_READS_IN_A_ROW: u32 = 5;
+/// A camera that sends nothing for this long has stopped.
+const STALL: Duration = Duration::from_secs(3);
 
 pub struct Camera {
     name: String,
+    mode: CameraMode,
+    bad: Arc<AtomicU64>,
     /// Declared before `frames`: it is joined while the channel is still open.
     capture: Worker,
     frames: mpsc::Receiver<Result<CapturedFrame, DeviceError>>,
 }
 
 impl Camera {
-    /// Opens camera `id` (an index or a name from [`list`]), or the first one, at about
-    /// `width`x`height`@`fps` (MJPEG preferred); frames are scaled to exactly that size.
-    pub fn open(id: Option<&str>, width: u32, height: u32, fps: u32) -> Result<Camera, DeviceError> {
-        let cams = list();
-        let info = match id {
-            None => cams.first().cloned().ok_or(DeviceError::NotFound { kind: "camera", id: String::new() })?,
-            Some(id) => cams
-                .iter()
-                .find(|c| c.id == id || c.name == id)
-                .cloned()
-                .ok_or_else(|| DeviceError::NotFound { kind: "camera", id: id.into() })?,
-        };
-        let index = match info.id.parse::<u32>() {
-            Ok(n) => CameraIndex::Index(n),
-            Err(_) => CameraIndex::String(info.id.clone()),
+    /// Opens camera `id` (a stable id from [`list`], or for the command line an index,
+    /// path or name), or the first one, in the mode closest to `width`x`height`@`fps`.
+    /// Frames come at the camera's own size; the video pipeline fits them to the call's.
+    pub fn open(cameras: &Cameras, id: Option<&str>, width: u32, height: u32, fps: u32) -> Result<Camera, DeviceError> {
+        let listed = cameras.0.list();
+        let entry = match id {
+            None => listed.first().cloned().ok_or(DeviceError::NotFound { kind: "camera", id: String::new() })?,
+            Some(id) => listed.iter().find(|c| c.id == id || c.name == id).cloned().unwrap_or_else(|| {
+                // Not listed under that id: let the system resolve it (an index, a path).
+                super::camera_backend::CameraEntry { id: id.into(), name: id.into() }
+            }),
         };
         let (tx, rx) = mpsc::sync_channel(1);
         let (ready_tx, ready_rx) = mpsc::channel();
-        let name = info.name.clone();
-        let capture =
-            Worker::spawn("camera", move |stop| capture_loop(index, name, width, height, fps, tx, ready_tx, stop))
-                .map_err(|e| DeviceError::Failed { kind: "camera", name: info.name.clone(), reason: e.to_string() })?;
+        let bad = Arc::new(AtomicU64::new(0));
+        let (system, id, bad1) = (cameras.0.clone(), entry.id.clone(), bad.clone());
+        let name = entry.name.clone();
+        let capture = Worker::spawn("camera", move |stop| {
+            let mut stream = match system.open(&id) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let started = stream.modes().and_then(|modes| {
+                let mode = choose_mode(&modes, width, height, fps).ok_or_else(|| DeviceError::Unsupported {
+                    kind: "camera",
+                    name: name.clone(),
+                    reason: "it offers no picture format confab can read".into(),
+                })?;
+                stream.start(mode)
+            });
+            match started {
+                Ok(mode) => {
+                    tracing::info!(camera = %name, %mode, "camera started");
+                    let _ = ready_tx.send(Ok(mode));
+                    capture_loop(&mut *stream, &name, &bad1, &tx, &stop);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| DeviceError::Failed {
+            kind: "camera",
+            name: entry.name.clone(),
+            reason: e.to_string(),
+        })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Camera { name: info.name, capture, frames: rx }),
+            Ok(Ok(mode)) => Ok(Camera { name: entry.name, mode, bad, capture, frames: rx }),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                Err(DeviceError::Failed { kind: "camera", name: info.name, reason: "capture thread died".into() })
+                Err(DeviceError::Failed { kind: "camera", name: entry.name, reason: "capture thread died".into() })
             }
         }
+    }
+
+    /// The mode the camera runs in.
+    pub fn mode(&self) -> CameraMode {
+        self.mode
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn capture_loop(
-    index: CameraIndex,
-    name: String,
-    width: u32,
-    height: u32,
-    fps: u32,
-    tx: mpsc::SyncSender<Result<CapturedFrame, DeviceError>>,
-    ready: mpsc::Sender<Result<(), DeviceError>>,
-    stop: StopFlag,
+    stream: &mut dyn super::camera_backend::CameraStream,
+    name: &str,
+    bad: &AtomicU64,
+    tx: &mpsc::SyncSender<Result<CapturedFrame, DeviceError>>,
+    stop: &StopFlag,
 ) {
-    let busy = |e: nokhwa::NokhwaError| DeviceError::Busy { kind: "camera", name: name.clone(), reason: e.to_string() };
-    let want = CameraFormat::new(Resolution::new(width, height), FrameFormat::MJPEG, fps);
-    let mut cam =
-        match nokhwa::Camera::new(index, RequestedFormat::new::<RgbFormat>(RequestedFormatType::Closest(want))) {
-            Ok(c) => c,
+    let failed = |reason: String| DeviceError::Failed { kind: "camera", name: name.into(), reason };
+    let (mut bad_in_a_row, mut failed_reads) = (0u32, 0u32);
+    while !stop.is_set() {
+        let item = match stream.frame() {
+            Ok(raw) => {
+                failed_reads = 0;
+                let capture_ms = confab_proto::wall_ms();
+                match to_i420(&raw) {
+                    Ok(frame) => {
+                        bad_in_a_row = 0;
+                        Ok(CapturedFrame { frame, capture_ms, stamp: None })
+                    }
+                    Err(why) => {
+                        let total = bad.fetch_add(1, Relaxed) + 1;
+                        bad_in_a_row += 1;
+                        // One line for the first bad frame of a run, not one per frame.
+                        if bad_in_a_row == 1 {
+                            tracing::warn!(camera = name, error = %why, total, "skipping a bad camera frame");
+                        }
+                        if bad_in_a_row < BAD_FRAMES_IN_A_ROW {
+                            continue;
+                        }
+                        Err(failed(format!("{bad_in_a_row} bad frames in a row (the last: {why})")))
+                    }
+                }
+            }
+            Err(e @ DeviceError::Unavailable { .. }) => Err(e),
             Err(e) => {
-                let _ = ready.send(Err(busy(e)));
-                return;
+                failed_reads += 1;
+                if failed_reads < FAILED_READS_IN_A_ROW {
+                    tracing::debug!(camera = name, error = %e, "camera read failed");
+                    std::thread::park_timeout(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e)
             }
         };
-    if let Err(e) = cam.open_stream() {
-        let _ = ready.send(Err(busy(e)));
-        return;
-    }
-    let _ = ready.send(Ok(()));
-    while !stop.is_set() {
-        let item = cam
-            .frame()
-            .map_err(|e| DeviceError::Failed { kind: "camera", name: name.clone(), reason: e.to_string() })
-            .and_then(|buf| {
-                let capture_ms = confab_proto::wall_ms();
-                let res = buf.resolution();
-                let frame = match buf.source_frame_format() {
-                    FrameFormat::YUYV => yuyv_to_i420(buf.buffer(), res.width(), res.height()),
-                    _ => {
-                        let rgb = buf.decode_image::<RgbFormat>().map_err(|e| DeviceError::Failed {
-                            kind: "camera",
-                            name: name.clone(),
-                            reason: format!("cannot decode frame: {e}"),
-                        })?;
-                        rgb_to_i420(rgb.as_raw(), res.width(), res.height())
-                    }
-                };
-                let frame =
-                    if (frame.width, frame.height) != (width, height) { frame.scaled(width, height) } else { frame };
-                Ok(CapturedFrame { frame, capture_ms })
-            });
-        let failed = item.is_err();
+        let end = item.is_err();
         // A full channel means the encoder is behind: drop this frame, keep capturing.
         match tx.try_send(item) {
             Err(mpsc::TrySendError::Disconnected(_)) => break,
-            _ if failed => break,
+            _ if end => break,
             _ => {}
         }
     }
-    let _ = cam.stop_stream();
 }
 
 impl VideoSource for Camera {
@@ -138,10 +166,23 @@ impl VideoSource for Camera {
     }
 
     fn next_frame(&mut self) -> Result<Option<CapturedFrame>, DeviceError> {
-        match self.frames.recv() {
+        match self.frames.recv_timeout(STALL) {
             Ok(r) => r.map(Some),
-            Err(_) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(DeviceError::Failed {
+                kind: "camera",
+                name: self.name.clone(),
+                reason: format!("no picture for {} s", STALL.as_secs()),
+            }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(DeviceError::Failed {
+                kind: "camera",
+                name: self.name.clone(),
+                reason: "its capture thread ended".into(),
+            }),
         }
+    }
+
+    fn bad_frames(&self) -> u64 {
+        self.bad.load(Relaxed)
     }
 }
 
@@ -150,67 +191,5 @@ impl Drop for Camera {
         self.capture.ask_stop();
         // Unblock a capture thread waiting to hand over a frame; `capture` joins it next.
         while self.frames.try_recv().is_ok() {}
-    }
-}
-
-/// Packed YUYV 4:2:2 to I420 (chroma of each row pair averaged).
-pub fn yuyv_to_i420(src: &[u8], width: u32, height: u32) -> I420Frame {
-    let (w, h) = (width as usize, height as usize);
-    let mut out = I420Frame::new(width, height);
-    let cw = out.chroma_width();
-    let (y, u, v) = out.planes_mut();
-    for row in 0..h {
-        let line = &src[row * w * 2..(row + 1) * w * 2];
-        for col in 0..w {
-            y[row * w + col] = line[col * 2];
-        }
-        if row % 2 == 0 {
-            let next = if row + 1 < h { &src[(row + 1) * w * 2..(row + 2) * w * 2] } else { line };
-            for c in 0..w / 2 {
-                u[(row / 2) * cw + c] = ((line[c * 4 + 1] as u16 + next[c * 4 + 1] as u16) / 2) as u8;
-                v[(row / 2) * cw + c] = ((line[c * 4 + 3] as u16 + next[c * 4 + 3] as u16) / 2) as u8;
-            }
-        }
-    }
-    out
-}
-
-/// Packed RGB24 to I420 with BT.601 limited-range coefficients.
-pub fn rgb_to_i420(src: &[u8], width: u32, height: u32) -> I420Frame {
-    let (w, h) = (width as usize, height as usize);
-    let mut out = I420Frame::new(width, height);
-    let cw = out.chroma_width();
-    let (y, u, v) = out.planes_mut();
-    for row in 0..h {
-        for col in 0..w {
-            let p = &src[(row * w + col) * 3..];
-            let (r, g, b) = (p[0] as i32, p[1] as i32, p[2] as i32);
-            y[row * w + col] = (((66 * r + 129 * g + 25 * b + 128) >> 8) + 16).clamp(0, 255) as u8;
-            if row % 2 == 0 && col % 2 == 0 {
-                u[(row / 2) * cw + col / 2] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-                v[(row / 2) * cw + col / 2] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).clamp(0, 255) as u8;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pixel_conversions() {
-        // White and black in RGB map to limited-range luma with neutral chroma.
-        let rgb = [255u8, 255, 255, 0, 0, 0, 255, 255, 255, 0, 0, 0];
-        let f = rgb_to_i420(&rgb, 2, 2);
-        assert_eq!(f.y(), &[235, 16, 235, 16]);
-        let (_, u, v) = f.planes();
-        assert_eq!((u[0], v[0]), (128, 128));
-        let yuyv = [10u8, 100, 20, 200, 30, 110, 40, 210];
-        let f = yuyv_to_i420(&yuyv, 2, 2);
-        assert_eq!(f.y(), &[10, 20, 30, 40]);
-        let (_, u, v) = f.planes();
-        assert_eq!((u[0], v[0]), (105, 205));
     }
 }

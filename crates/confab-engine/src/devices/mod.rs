@@ -7,8 +7,13 @@
 
 pub mod audio;
 pub mod camera;
+pub mod camera_backend;
+mod nokhwa_backend;
+pub mod pixels;
 pub mod resample;
 pub mod synthetic;
+
+pub use camera_backend::Cameras;
 
 use crate::codec::opus::FRAME_SAMPLES;
 use crate::frame::I420Frame;
@@ -19,7 +24,7 @@ pub enum DeviceError {
     NotFound { kind: &'static str, id: String },
     #[error("{kind} '{name}' is busy or cannot be opened: {reason}")]
     Busy { kind: &'static str, name: String, reason: String },
-    #[error("{kind} '{name}' is not available (unplugged, or its sound server stopped): {reason}")]
+    #[error("{kind} '{name}' is not available ({}): {reason}", unavailable_why(.kind))]
     Unavailable { kind: &'static str, name: String, reason: String },
     #[error("{kind} '{name}' cannot record or play the way confab asks: {reason}")]
     Unsupported { kind: &'static str, name: String, reason: String },
@@ -27,15 +32,29 @@ pub enum DeviceError {
     Denied { kind: &'static str, name: String, reason: String },
     #[error("{kind} '{name}' failed: {reason}")]
     Failed { kind: &'static str, name: String, reason: String },
-    #[error("unknown device spec '{0}' (expected synthetic, camera[:ID], mic[:ID], speaker[:ID] or none)")]
+    #[error(
+        "unknown device spec '{0}' (expected synthetic, synthetic:4x3, camera[:ID], mic[:ID], speaker[:ID] or none)"
+    )]
     BadSpec(String),
 }
 
-/// A captured picture and when it was taken (ms since the Unix epoch).
+/// What usually makes a device of `kind` vanish.
+fn unavailable_why(kind: &str) -> &'static str {
+    match kind {
+        "camera" => "unplugged, or its driver stopped",
+        _ => "unplugged, or its sound server stopped",
+    }
+}
+
+/// A captured picture (at the source's own size) and when it was taken (ms since the Unix
+/// epoch).
 #[derive(Clone, Debug)]
 pub struct CapturedFrame {
     pub frame: I420Frame,
     pub capture_ms: u64,
+    /// A synthetic source's stamp, drawn once the picture is fitted to the call's size (a
+    /// crop would cut it).
+    pub stamp: Option<crate::stamp::FrameStamp>,
 }
 
 pub trait VideoSource: Send {
@@ -43,6 +62,10 @@ pub trait VideoSource: Send {
     fn name(&self) -> String;
     /// Blocks until the next frame is captured. `Ok(None)` means the source has ended.
     fn next_frame(&mut self) -> Result<Option<CapturedFrame>, DeviceError>;
+    /// Frames the source skipped because they could not be read (corrupt, short).
+    fn bad_frames(&self) -> u64 {
+        0
+    }
 }
 
 pub trait AudioSource: Send {
@@ -84,10 +107,11 @@ pub fn list_devices(include_synthetic: bool) -> Vec<DeviceInfo> {
         let synthetic =
             |kind, id: &str, name: &str| DeviceInfo { kind, id: id.into(), name: name.into(), default: false };
         out.push(synthetic(DeviceKind::Camera, SYNTHETIC, "Synthetic camera"));
+        out.push(synthetic(DeviceKind::Camera, SYNTHETIC_4X3, "Synthetic camera 4:3"));
         out.push(synthetic(DeviceKind::Microphone, SYNTHETIC, "Synthetic tone"));
         out.push(synthetic(DeviceKind::Speaker, NULL_SPEAKER, "Null speaker (discards)"));
     }
-    out.extend(camera::list());
+    out.extend(camera::list(&Cameras::system()));
     out.extend(audio::list());
     out
 }
@@ -95,13 +119,18 @@ pub fn list_devices(include_synthetic: bool) -> Vec<DeviceInfo> {
 /// The device ids that are not hardware, as [`list_devices`] offers them and specs spell them.
 pub const NONE: &str = "none";
 pub const SYNTHETIC: &str = "synthetic";
+/// A second synthetic camera, 640x480 (4:3), for switching and cropping without hardware.
+pub const SYNTHETIC_4X3: &str = "synthetic:4x3";
 pub const NULL_SPEAKER: &str = "null";
 
 /// Which video to send.
 #[derive(Clone, Debug, PartialEq)]
 pub enum VideoSpec {
     None,
+    /// The moving test picture at the call's size.
     Synthetic,
+    /// A 640x480 test picture with a circle in it, for switching and cropping.
+    SyntheticFourByThree,
     Camera(Option<String>),
 }
 
@@ -130,6 +159,7 @@ impl VideoSpec {
         match id {
             NONE => VideoSpec::None,
             SYNTHETIC => VideoSpec::Synthetic,
+            SYNTHETIC_4X3 => VideoSpec::SyntheticFourByThree,
             "" => VideoSpec::Camera(None),
             id => VideoSpec::Camera(Some(id.into())),
         }
@@ -165,6 +195,7 @@ impl std::str::FromStr for VideoSpec {
         match s.split_once(':') {
             None if s == NONE || s == SYNTHETIC => Ok(VideoSpec::from_device_id(s)),
             None if s == "camera" => Ok(VideoSpec::from_device_id("")),
+            Some(_) if s == SYNTHETIC_4X3 => Ok(VideoSpec::SyntheticFourByThree),
             Some(("camera", id)) if !id.is_empty() => Ok(VideoSpec::Camera(Some(id.into()))),
             _ => Err(DeviceError::BadSpec(s.into())),
         }
@@ -199,9 +230,11 @@ impl std::str::FromStr for SinkSpec {
     }
 }
 
-/// Opens the video source a spec names. `None` for `VideoSpec::None`.
+/// Opens the video source a spec names, from `cameras` if it is a camera, for a call of
+/// `width`x`height`@`fps`. `None` for `VideoSpec::None`.
 pub fn open_video(
     spec: &VideoSpec,
+    cameras: &Cameras,
     width: u32,
     height: u32,
     fps: u32,
@@ -209,7 +242,8 @@ pub fn open_video(
     Ok(match spec {
         VideoSpec::None => None,
         VideoSpec::Synthetic => Some(Box::new(synthetic::SyntheticVideo::new(width, height, fps))),
-        VideoSpec::Camera(id) => Some(Box::new(camera::Camera::open(id.as_deref(), width, height, fps)?)),
+        VideoSpec::SyntheticFourByThree => Some(Box::new(synthetic::SyntheticVideo::four_by_three(fps))),
+        VideoSpec::Camera(id) => Some(Box::new(camera::Camera::open(cameras, id.as_deref(), width, height, fps)?)),
     })
 }
 
@@ -240,6 +274,8 @@ mod tests {
     #[test]
     fn specs_parse_and_refuse_nonsense() {
         assert_eq!("synthetic".parse::<VideoSpec>().unwrap(), VideoSpec::Synthetic);
+        assert_eq!("synthetic:4x3".parse::<VideoSpec>().unwrap(), VideoSpec::SyntheticFourByThree);
+        assert!("synthetic:3x4".parse::<VideoSpec>().is_err());
         assert_eq!("camera:/dev/video2".parse::<VideoSpec>().unwrap(), VideoSpec::Camera(Some("/dev/video2".into())));
         assert_eq!("synthetic:523.25".parse::<AudioSpec>().unwrap(), AudioSpec::Synthetic(523.25));
         assert_eq!("mic".parse::<AudioSpec>().unwrap(), AudioSpec::Mic(None));
@@ -252,7 +288,9 @@ mod tests {
 
     #[test]
     fn device_ids_from_the_list_mean_what_the_command_line_spells() {
-        for (id, spec) in [("", "camera"), ("none", "none"), ("synthetic", "synthetic"), ("0", "camera:0")] {
+        let cameras =
+            [("", "camera"), ("none", "none"), ("synthetic", "synthetic"), ("synthetic:4x3", "synthetic:4x3")];
+        for (id, spec) in cameras.into_iter().chain([("0", "camera:0"), ("v4l:C920@usb-3", "camera:v4l:C920@usb-3")]) {
             assert_eq!(VideoSpec::from_device_id(id), spec.parse().unwrap(), "{id:?}");
         }
         for (id, spec) in [("", "mic"), ("none", "none"), ("synthetic", "synthetic"), ("alsa:hw:1", "mic:alsa:hw:1")] {
@@ -275,12 +313,15 @@ mod tests {
     /// says so, never a panic. On a machine with devices the same calls open them.
     #[test]
     fn missing_hardware_is_a_clear_error() {
-        let cams = camera::list();
+        let cams = camera::list(&Cameras::system());
         if cams.is_empty() {
-            let e = open_video(&VideoSpec::Camera(None), 640, 360, 30).err().expect("no camera here");
+            let e =
+                open_video(&VideoSpec::Camera(None), &Cameras::system(), 640, 360, 30).err().expect("no camera here");
             assert!(e.to_string().contains("no camera"), "{e}");
         }
-        let e = open_video(&VideoSpec::Camera(Some("no-such-camera".into())), 640, 360, 30).err().unwrap();
+        let e = open_video(&VideoSpec::Camera(Some("no-such-camera".into())), &Cameras::system(), 640, 360, 30)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("no-such-camera"), "{e}");
         let e = open_audio(&AudioSpec::Mic(Some("no-such-mic".into()))).err().unwrap();
         assert!(e.to_string().contains("no-such-mic"), "{e}");

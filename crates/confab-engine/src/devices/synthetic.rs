@@ -65,28 +65,84 @@ impl SyntheticPicture {
     }
 }
 
+/// The second synthetic camera's picture: 640x480 (4:3), a bright circle gliding across a
+/// blue background. Its colour tells it from the first one; its circle shows whether a
+/// crop kept the aspect (a stretched circle is an oval).
+pub struct CirclePicture {
+    t: u32,
+}
+
+impl CirclePicture {
+    pub const WIDTH: u32 = 640;
+    pub const HEIGHT: u32 = 480;
+    /// The circle's radius in pixels.
+    pub const RADIUS: usize = 100;
+
+    pub fn next_frame(&mut self) -> I420Frame {
+        let (w, h) = (Self::WIDTH as usize, Self::HEIGHT as usize);
+        let t = self.t as usize;
+        self.t = self.t.wrapping_add(1);
+        let mut f = I420Frame::new(Self::WIDTH, Self::HEIGHT);
+        let cw = f.chroma_width();
+        let (y, u, v) = f.planes_mut();
+        y.fill(70);
+        u.fill(170);
+        v.fill(105);
+        // Back and forth over the middle third, two pixels a frame.
+        let span = w / 3;
+        let p = (t * 2) % (2 * span);
+        let cx = (w / 3 + if p < span { p } else { 2 * span - p }) as i64;
+        let cy = (h / 2) as i64;
+        let r = Self::RADIUS as i64;
+        for row in (cy - r).max(0)..(cy + r).min(h as i64) {
+            let half = (((r * r - (row - cy) * (row - cy)) as f64).sqrt()) as i64;
+            let (x0, x1) = ((cx - half).max(0) as usize, ((cx + half) as usize).min(w));
+            y[row as usize * w + x0..row as usize * w + x1].fill(230);
+            if row % 2 == 0 {
+                let crow = row as usize / 2;
+                u[crow * cw + x0 / 2..crow * cw + x1 / 2].fill(128);
+                v[crow * cw + x0 / 2..crow * cw + x1 / 2].fill(128);
+            }
+        }
+        f
+    }
+}
+
+enum Scene {
+    Bands(SyntheticPicture),
+    Circle(CirclePicture),
+}
+
 /// A paced synthetic camera.
 pub struct SyntheticVideo {
-    picture: SyntheticPicture,
+    scene: Scene,
     period: Duration,
     start: Option<Instant>,
     n: u32,
 }
 
 impl SyntheticVideo {
+    /// The moving test picture at `width`x`height`.
     pub fn new(width: u32, height: u32, fps: u32) -> Self {
-        SyntheticVideo {
-            picture: SyntheticPicture::new(width, height),
-            period: Duration::from_secs(1) / fps.max(1),
-            start: None,
-            n: 0,
-        }
+        Self::with(Scene::Bands(SyntheticPicture::new(width, height)), fps)
+    }
+
+    /// The 640x480 circle picture ([`CirclePicture`]).
+    pub fn four_by_three(fps: u32) -> Self {
+        Self::with(Scene::Circle(CirclePicture { t: 0 }), fps)
+    }
+
+    fn with(scene: Scene, fps: u32) -> Self {
+        SyntheticVideo { scene, period: Duration::from_secs(1) / fps.max(1), start: None, n: 0 }
     }
 }
 
 impl VideoSource for SyntheticVideo {
     fn name(&self) -> String {
-        "Synthetic camera".into()
+        match self.scene {
+            Scene::Bands(_) => "Synthetic camera".into(),
+            Scene::Circle(_) => "Synthetic camera 4:3".into(),
+        }
     }
 
     fn next_frame(&mut self) -> Result<Option<CapturedFrame>, DeviceError> {
@@ -96,11 +152,14 @@ impl VideoSource for SyntheticVideo {
         if due > now {
             std::thread::sleep(due - now);
         }
-        let mut frame = self.picture.next_frame();
+        let frame = match &mut self.scene {
+            Scene::Bands(p) => p.next_frame(),
+            Scene::Circle(p) => p.next_frame(),
+        };
         let capture_ms = confab_proto::wall_ms();
-        FrameStamp { frame_no: self.n, capture_ms }.draw(&mut frame);
+        let stamp = Some(FrameStamp { frame_no: self.n, capture_ms });
         self.n += 1;
-        Ok(Some(CapturedFrame { frame, capture_ms }))
+        Ok(Some(CapturedFrame { frame, capture_ms, stamp }))
     }
 }
 
@@ -207,7 +266,7 @@ mod tests {
         // Six frames at 50 fps span five periods: 100 ms, never less.
         assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
         for (i, f) in frames.iter().enumerate() {
-            let s = FrameStamp::read(&f.frame).unwrap();
+            let s = f.stamp.unwrap();
             assert_eq!(s.frame_no, i as u32);
             assert_eq!(s.capture_ms, f.capture_ms);
         }

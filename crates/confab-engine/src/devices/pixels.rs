@@ -1,0 +1,259 @@
+//! A camera's frame, whatever its layout, to the I420 the encoder takes: MJPEG through
+//! zune-jpeg (decoded to YCbCr, never through RGB), packed and semi-planar YUV through the
+//! `yuv` crate's SIMD kernels, with the real row stride. A frame that does not add up (short,
+//! corrupt) is a [`BadFrame`]: the capture loop skips it, it never panics.
+
+use yuv::{BufferStoreMut, YuvPackedImage, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
+use zune_jpeg::zune_core::colorspace::ColorSpace;
+use zune_jpeg::zune_core::options::DecoderOptions;
+
+use super::camera_backend::{PixelFormat, RawFrame};
+use crate::frame::I420Frame;
+
+/// Why a frame cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BadFrame {
+    #[error("{format:?} frame of {width}x{height} has {got} bytes, needs {need}")]
+    Short { format: PixelFormat, width: u32, height: u32, got: usize, need: usize },
+    #[error("corrupt JPEG: {0}")]
+    Jpeg(String),
+    #[error("{0}x{1} is not a picture size")]
+    Size(u32, u32),
+}
+
+/// Bytes per pixel of the first plane's rows, and the planes' total height in rows of it.
+fn layout(format: PixelFormat, height: usize) -> (usize, usize) {
+    match format {
+        PixelFormat::Yuyv => (2, height),
+        PixelFormat::Nv12 => (1, height + height.div_ceil(2)),
+        PixelFormat::Rgb24 => (3, height),
+        PixelFormat::Gray => (1, height),
+        PixelFormat::Mjpeg => (0, 0),
+    }
+}
+
+/// The row stride of an uncompressed frame: the one the system gave, or the one its
+/// buffer's length implies (drivers pad rows to their alignment), checked against the bytes
+/// really there.
+pub fn stride_of(raw: &RawFrame) -> Result<usize, BadFrame> {
+    let (w, h) = (raw.width as usize, raw.height as usize);
+    let (bpp, rows) = layout(raw.format, h);
+    let min = w * bpp;
+    let short =
+        |need| BadFrame::Short { format: raw.format, width: raw.width, height: raw.height, got: raw.data.len(), need };
+    let stride = match raw.stride {
+        Some(s) => s,
+        // A buffer of whole padded rows; anything else (or less) reads as unpadded.
+        None if rows > 0 && raw.data.len().is_multiple_of(rows) && raw.data.len() / rows >= min => {
+            raw.data.len() / rows
+        }
+        None => min,
+    };
+    if stride < min {
+        return Err(short(min * rows));
+    }
+    // The last row needs only its pixels, not its padding.
+    let need = stride * rows.saturating_sub(1) + min;
+    if raw.data.len() < need {
+        return Err(short(need));
+    }
+    Ok(stride)
+}
+
+/// Turns camera frames into I420. Holds nothing between frames but is the one place that
+/// knows every layout.
+pub fn to_i420(raw: &RawFrame) -> Result<I420Frame, BadFrame> {
+    if raw.width < 2 || raw.height < 2 || raw.width > 8192 || raw.height > 8192 {
+        return Err(BadFrame::Size(raw.width, raw.height));
+    }
+    match raw.format {
+        PixelFormat::Mjpeg => mjpeg_to_i420(raw.data),
+        PixelFormat::Yuyv => {
+            let stride = stride_of(raw)?;
+            let mut out = I420Frame::new(raw.width, raw.height);
+            let packed =
+                YuvPackedImage { yuy: raw.data, yuy_stride: stride as u32, width: raw.width, height: raw.height };
+            let (w, h) = (raw.width, raw.height);
+            with_planes(&mut out, |planar| yuv::yuyv422_to_yuv420(planar, &packed)).map_err(|e| BadFrame::Short {
+                format: raw.format,
+                width: w,
+                height: h,
+                got: raw.data.len(),
+                need: e,
+            })?;
+            Ok(out)
+        }
+        PixelFormat::Nv12 => {
+            let stride = stride_of(raw)?;
+            Ok(nv12_to_i420(raw.data, stride, raw.width, raw.height))
+        }
+        PixelFormat::Rgb24 => {
+            let stride = stride_of(raw)?;
+            let mut out = I420Frame::new(raw.width, raw.height);
+            let (w, h) = (raw.width, raw.height);
+            with_planes(&mut out, |planar| {
+                yuv::rgb_to_yuv420(
+                    planar,
+                    raw.data,
+                    stride as u32,
+                    YuvRange::Limited,
+                    YuvStandardMatrix::Bt601,
+                    yuv::YuvConversionMode::Balanced,
+                )
+            })
+            .map_err(|e| BadFrame::Short {
+                format: raw.format,
+                width: w,
+                height: h,
+                got: raw.data.len(),
+                need: e,
+            })?;
+            Ok(out)
+        }
+        PixelFormat::Gray => {
+            let stride = stride_of(raw)?;
+            let mut out = I420Frame::new(raw.width, raw.height);
+            let w = raw.width as usize;
+            let (y, _, _) = out.planes_mut();
+            for (row, dst) in y.chunks_exact_mut(w).enumerate() {
+                dst.copy_from_slice(&raw.data[row * stride..row * stride + w]);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Runs a `yuv` kernel into `out`'s planes. Its error (a size check) becomes the byte count
+/// it wanted, for the message; the sizes were checked before, so it does not happen.
+fn with_planes(
+    out: &mut I420Frame,
+    f: impl FnOnce(&mut YuvPlanarImageMut<u8>) -> Result<(), yuv::YuvError>,
+) -> Result<(), usize> {
+    let (width, height) = (out.width, out.height);
+    let cw = out.chroma_width() as u32;
+    let need = out.data.len();
+    let (y, u, v) = out.planes_mut();
+    let mut planar = YuvPlanarImageMut {
+        y_plane: BufferStoreMut::Borrowed(y),
+        y_stride: width,
+        u_plane: BufferStoreMut::Borrowed(u),
+        u_stride: cw,
+        v_plane: BufferStoreMut::Borrowed(v),
+        v_stride: cw,
+        width,
+        height,
+    };
+    f(&mut planar).map_err(|e| {
+        tracing::debug!(error = %e, "pixel conversion refused the frame");
+        need
+    })
+}
+
+/// NV12 (Y plane, then interleaved UV) to I420: rows are copied, the chroma split.
+fn nv12_to_i420(data: &[u8], stride: usize, width: u32, height: u32) -> I420Frame {
+    let mut out = I420Frame::new(width, height);
+    let (w, h) = (width as usize, height as usize);
+    let cw = out.chroma_width();
+    let (y, u, v) = out.planes_mut();
+    for (row, dst) in y.chunks_exact_mut(w).enumerate() {
+        dst.copy_from_slice(&data[row * stride..row * stride + w]);
+    }
+    let uv = &data[stride * h..];
+    for (row, (du, dv)) in u.chunks_exact_mut(cw).zip(v.chunks_exact_mut(cw)).enumerate() {
+        let line = &uv[row * stride..];
+        for (i, pair) in line.chunks_exact(2).take(cw).enumerate() {
+            du[i] = pair[0];
+            dv[i] = pair[1];
+        }
+    }
+    out
+}
+
+/// A JPEG to I420, decoded to YCbCr (no colour conversion either way) and the chroma of
+/// each 2x2 block averaged. Strict: a truncated or damaged JPEG is an error, not a picture
+/// with a grey bottom.
+pub fn mjpeg_to_i420(data: &[u8]) -> Result<I420Frame, BadFrame> {
+    let options = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::YCbCr)
+        .set_strict_mode(true)
+        .set_max_width(8192)
+        .set_max_height(8192);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(data, options);
+    let pixels = dec.decode().map_err(|e| BadFrame::Jpeg(e.to_string()))?;
+    let info = dec.info().ok_or_else(|| BadFrame::Jpeg("no header".into()))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    if w < 2 || h < 2 {
+        return Err(BadFrame::Size(w as u32, h as u32));
+    }
+    match dec.get_output_colorspace() {
+        Some(ColorSpace::YCbCr) if pixels.len() >= w * h * 3 => Ok(ycbcr444_to_i420(&pixels, w, h)),
+        Some(ColorSpace::Luma) if pixels.len() >= w * h => {
+            let mut out = I420Frame::new(w as u32, h as u32);
+            out.planes_mut().0.copy_from_slice(&pixels[..w * h]);
+            Ok(out)
+        }
+        other => Err(BadFrame::Jpeg(format!("unexpected output {other:?} of {} bytes", pixels.len()))),
+    }
+}
+
+/// Interleaved full-resolution Y Cb Cr to I420.
+fn ycbcr444_to_i420(px: &[u8], w: usize, h: usize) -> I420Frame {
+    let mut out = I420Frame::new(w as u32, h as u32);
+    let cw = out.chroma_width();
+    let (y, u, v) = out.planes_mut();
+    for (dst, src) in y.iter_mut().zip(px.chunks_exact(3)) {
+        *dst = src[0];
+    }
+    for row in 0..h.div_ceil(2) {
+        let top = &px[2 * row * w * 3..(2 * row + 1) * w * 3];
+        let bottom = if 2 * row + 1 < h { &px[(2 * row + 1) * w * 3..(2 * row + 2) * w * 3] } else { top };
+        for col in 0..cw {
+            let (a, b) = (2 * col * 3, ((2 * col + 1).min(w - 1)) * 3);
+            let sum = |k: usize| top[a + k] as u16 + top[b + k] as u16 + bottom[a + k] as u16 + bottom[b + k] as u16;
+            u[row * cw + col] = ((sum(1) + 2) / 4) as u8;
+            v[row * cw + col] = ((sum(2) + 2) / 4) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(format: PixelFormat, width: u32, height: u32, stride: Option<usize>, data: &[u8]) -> RawFrame<'_> {
+        RawFrame { format, width, height, stride, data }
+    }
+
+    #[test]
+    fn yuyv_with_padded_rows_converts_and_a_short_one_is_refused() {
+        // 4x2 YUYV, rows padded from 8 to 12 bytes (the padding is garbage), as a driver
+        // hands out whole padded rows.
+        let row0 = [10u8, 100, 20, 200, 30, 110, 40, 210, 9, 9, 9, 9];
+        let row1 = [50u8, 120, 60, 220, 70, 130, 80, 230, 9, 9, 9, 9];
+        let data: Vec<u8> = row0.iter().chain(row1.iter()).copied().collect();
+        let f = to_i420(&raw(PixelFormat::Yuyv, 4, 2, None, &data)).unwrap();
+        assert_eq!(f.y(), &[10, 20, 30, 40, 50, 60, 70, 80]);
+        let f2 = to_i420(&raw(PixelFormat::Yuyv, 4, 2, Some(12), &data)).unwrap();
+        assert_eq!(f, f2);
+        let e = to_i420(&raw(PixelFormat::Yuyv, 4, 2, Some(12), &data[..15])).unwrap_err();
+        assert!(matches!(e, BadFrame::Short { got: 15, need: 20, .. }), "{e}");
+        assert!(to_i420(&raw(PixelFormat::Yuyv, 640, 480, None, &data)).is_err());
+    }
+
+    #[test]
+    fn nv12_with_stride_splits_its_chroma() {
+        // 2x2 NV12, stride 4: Y rows then one UV row.
+        let data = [1u8, 2, 0, 0, 3, 4, 0, 0, 100, 200, 0, 0];
+        let f = to_i420(&raw(PixelFormat::Nv12, 2, 2, Some(4), &data)).unwrap();
+        assert_eq!(f.y(), &[1, 2, 3, 4]);
+        let (_, u, v) = f.planes();
+        assert_eq!((u, v), (&[100u8][..], &[200u8][..]));
+    }
+
+    #[test]
+    fn garbage_is_not_a_jpeg() {
+        assert!(matches!(mjpeg_to_i420(&[0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]), Err(BadFrame::Jpeg(_))));
+        assert!(matches!(mjpeg_to_i420(&[]), Err(BadFrame::Jpeg(_))));
+    }
+}
