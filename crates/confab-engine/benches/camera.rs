@@ -230,6 +230,12 @@ fn main() {
         let ours = per_call_us(20, || {
             black_box(mjpeg_to_i420(&jpg).unwrap());
         });
+        let decode_only = per_call_us(20, || {
+            let o = zune_jpeg::zune_core::options::DecoderOptions::default()
+                .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::YCbCr);
+            black_box(zune_jpeg::JpegDecoder::new_with_options(&jpg[..], o).decode().unwrap());
+        });
+        println!("  {w}x{h}: decoding alone (zune-jpeg) {decode_only:.0} us");
         let res = nokhwa::utils::Resolution::new(w, h);
         let before = per_call_us(10, || {
             let buf = nokhwa::Buffer::new(res, &jpg, nokhwa::utils::FrameFormat::MJPEG);
