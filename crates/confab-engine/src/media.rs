@@ -80,6 +80,8 @@ pub struct SendSide {
     pub video_budget_kbps: Arc<AtomicU32>,
     /// How loud our microphone is, as sent (silence while muted).
     pub self_level: Arc<PeakLevel>,
+    /// Camera frames skipped as unreadable (corrupt, short), over the call.
+    pub frames_bad: Arc<AtomicU64>,
 }
 
 impl SendSide {
@@ -92,6 +94,7 @@ impl SendSide {
             frames_encoded: Arc::new(AtomicU64::new(0)),
             video_budget_kbps: Arc::new(AtomicU32::new(0)),
             self_level: Arc::new(PeakLevel::default()),
+            frames_bad: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -150,8 +153,6 @@ pub struct VideoPipeline {
     slot: Arc<FrameSlot>,
     input: Arc<Mutex<VideoInput>>,
     out: SendSide,
-    /// Frames sources skipped as unreadable, over the pipeline's life.
-    bad: Arc<AtomicU64>,
     _capture: Worker,
     _encode: Worker,
 }
@@ -176,8 +177,7 @@ impl VideoPipeline {
             replaced: AtomicU64::new(0),
         });
         let input = Arc::new(Mutex::new(VideoInput { source: Some(source), recovery }));
-        let bad = Arc::new(AtomicU64::new(0));
-        let (slot1, input1, bad1) = (slot.clone(), input.clone(), bad.clone());
+        let (slot1, input1, bad1) = (slot.clone(), input.clone(), out.frames_bad.clone());
         let capture = Worker::spawn("video-capture", move |stop| {
             // The bad frames the current source had reported, to add only what is new.
             let mut seen_bad = 0u64;
@@ -294,7 +294,7 @@ impl VideoPipeline {
             }
         })
         .expect("spawn encode thread");
-        Ok(VideoPipeline { slot, input, out, bad, _capture: capture, _encode: encode })
+        Ok(VideoPipeline { slot, input, out, _capture: capture, _encode: encode })
     }
 
     /// Sends video from another source from now on, through the same encoder. The old
@@ -320,11 +320,6 @@ impl VideoPipeline {
     /// Frames the encoder never saw because a newer one replaced them.
     pub fn frames_replaced(&self) -> u64 {
         self.slot.replaced.load(Relaxed)
-    }
-
-    /// Frames the sources skipped as unreadable (corrupt, short).
-    pub fn frames_bad(&self) -> u64 {
-        self.bad.load(Relaxed)
     }
 }
 

@@ -384,6 +384,13 @@ async fn corrupt_and_truncated_mjpeg_frames_are_skipped_and_the_picture_keeps_co
     assert!(decoded > 80, "stamped pictures keep arriving after bad frames: only {decoded} in 5 s");
     assert!(device_events(&evs).is_empty(), "a few bad frames are not a stopped camera: {:?}", device_events(&evs));
     assert_eq!(cams.opens("mjpeg"), 1, "skipped, not reopened");
+    // And counted: the call's stats say how many were skipped (40 damaged of the first 120).
+    let bad = evs.iter().filter_map(|e| match e {
+        CallEvent::Stats { stats } => Some(stats.camera_bad_frames),
+        _ => None,
+    });
+    let bad = bad.max().expect("stats while the call ran");
+    assert!((20..=40).contains(&bad), "{bad} bad frames counted");
     p.ada.leave().await;
     p.bob.leave().await;
 }

@@ -26,6 +26,9 @@ pub struct PeerStats {
     pub path_kbps: u32,
     /// What the video encoder is allowed right now (kbit/s), for all peers.
     pub video_budget_kbps: u32,
+    /// Frames our camera sent that could not be read and were skipped, so far in the call
+    /// (for all peers).
+    pub camera_bad_frames: u64,
 }
 
 /// How loud one voice in the call is: ours (`peer_id` "self") or a peer's.

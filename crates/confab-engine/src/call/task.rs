@@ -144,6 +144,8 @@ impl CallTask {
             }
             Command::SwitchVideo(spec, ack) => {
                 let _ = ack.send(self.media.switch_video(spec));
+                // A new camera in place of a stopped one (or none) is camera on again.
+                self.send_state().await;
             }
             Command::SwitchAudio(spec, ack) => {
                 let _ = ack.send(self.media.switch_audio(spec));
@@ -486,7 +488,9 @@ impl CallTask {
         for (id, p) in self.peers.iter_mut() {
             out.push(stats::collect(id, p, now, frames_encoded, budget).await);
         }
-        for s in out {
+        let bad = self.media.send.frames_bad.load(Relaxed);
+        for mut s in out {
+            s.camera_bad_frames = bad;
             let _ = self.ev_tx.try_send(CallEvent::Stats { stats: s });
         }
     }

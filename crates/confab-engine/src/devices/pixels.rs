@@ -19,6 +19,8 @@ pub enum BadFrame {
     Jpeg(String),
     #[error("{0}x{1} is not a picture size")]
     Size(u32, u32),
+    #[error("{format:?} frame refused by the converter: {reason}")]
+    Refused { format: PixelFormat, reason: String },
 }
 
 /// Bytes per pixel of the first plane's rows, and the planes' total height in rows of it.
@@ -70,18 +72,9 @@ pub fn to_i420(raw: &RawFrame) -> Result<I420Frame, BadFrame> {
         PixelFormat::Mjpeg => mjpeg_to_i420(raw.data),
         PixelFormat::Yuyv => {
             let stride = stride_of(raw)?;
-            let mut out = I420Frame::new(raw.width, raw.height);
             let packed =
                 YuvPackedImage { yuy: raw.data, yuy_stride: stride as u32, width: raw.width, height: raw.height };
-            let (w, h) = (raw.width, raw.height);
-            with_planes(&mut out, |planar| yuv::yuyv422_to_yuv420(planar, &packed)).map_err(|e| BadFrame::Short {
-                format: raw.format,
-                width: w,
-                height: h,
-                got: raw.data.len(),
-                need: e,
-            })?;
-            Ok(out)
+            with_planes(raw, |planar| yuv::yuyv422_to_yuv420(planar, &packed))
         }
         PixelFormat::Nv12 => {
             let stride = stride_of(raw)?;
@@ -89,26 +82,10 @@ pub fn to_i420(raw: &RawFrame) -> Result<I420Frame, BadFrame> {
         }
         PixelFormat::Rgb24 => {
             let stride = stride_of(raw)?;
-            let mut out = I420Frame::new(raw.width, raw.height);
-            let (w, h) = (raw.width, raw.height);
-            with_planes(&mut out, |planar| {
-                yuv::rgb_to_yuv420(
-                    planar,
-                    raw.data,
-                    stride as u32,
-                    YuvRange::Limited,
-                    YuvStandardMatrix::Bt601,
-                    yuv::YuvConversionMode::Balanced,
-                )
+            with_planes(raw, |planar| {
+                let (range, matrix) = (YuvRange::Limited, YuvStandardMatrix::Bt601);
+                yuv::rgb_to_yuv420(planar, raw.data, stride as u32, range, matrix, yuv::YuvConversionMode::Balanced)
             })
-            .map_err(|e| BadFrame::Short {
-                format: raw.format,
-                width: w,
-                height: h,
-                got: raw.data.len(),
-                need: e,
-            })?;
-            Ok(out)
         }
         PixelFormat::Gray => {
             let stride = stride_of(raw)?;
@@ -123,15 +100,15 @@ pub fn to_i420(raw: &RawFrame) -> Result<I420Frame, BadFrame> {
     }
 }
 
-/// Runs a `yuv` kernel into `out`'s planes. Its error (a size check) becomes the byte count
-/// it wanted, for the message; the sizes were checked before, so it does not happen.
+/// Runs a `yuv` kernel into a new I420 frame of `raw`'s size. The kernel's own size check
+/// cannot fail after `stride_of`'s; if it did, the frame is refused, never a panic.
 fn with_planes(
-    out: &mut I420Frame,
+    raw: &RawFrame,
     f: impl FnOnce(&mut YuvPlanarImageMut<u8>) -> Result<(), yuv::YuvError>,
-) -> Result<(), usize> {
-    let (width, height) = (out.width, out.height);
+) -> Result<I420Frame, BadFrame> {
+    let (width, height) = (raw.width, raw.height);
+    let mut out = I420Frame::new(width, height);
     let cw = out.chroma_width() as u32;
-    let need = out.data.len();
     let (y, u, v) = out.planes_mut();
     let mut planar = YuvPlanarImageMut {
         y_plane: BufferStoreMut::Borrowed(y),
@@ -143,10 +120,8 @@ fn with_planes(
         width,
         height,
     };
-    f(&mut planar).map_err(|e| {
-        tracing::debug!(error = %e, "pixel conversion refused the frame");
-        need
-    })
+    f(&mut planar).map_err(|e| BadFrame::Refused { format: raw.format, reason: e.to_string() })?;
+    Ok(out)
 }
 
 /// NV12 (Y plane, then interleaved UV) to I420: rows are copied, the chroma split.
@@ -169,10 +144,64 @@ fn nv12_to_i420(data: &[u8], stride: usize, width: u32, height: u32) -> I420Fram
     out
 }
 
+/// Where a JPEG's end-of-image marker ends, if its marker structure holds together up to
+/// there. zune-jpeg decodes a JPEG cut in half, or one with bytes overwritten, into a
+/// picture with garbage in it (even in strict mode), so what libjpeg calls "premature end of
+/// data" and "extraneous bytes before marker" is checked here: in entropy-coded data a 0xFF
+/// is followed only by a stuffed 0x00, a restart marker, or the next marker segment.
+pub fn jpeg_end(data: &[u8]) -> Result<usize, BadFrame> {
+    let bad = |why: &str| Err(BadFrame::Jpeg(why.into()));
+    if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
+        return bad("no start-of-image marker");
+    }
+    let mut pos = 2;
+    loop {
+        // A marker: 0xFF, fill bytes, its code.
+        if data.get(pos) != Some(&0xFF) {
+            return bad("bytes where a marker should be");
+        }
+        while data.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&code) = data.get(pos) else { return bad("truncated (no end-of-image marker)") };
+        pos += 1;
+        match code {
+            0xD9 => return Ok(pos),
+            0x01 | 0xD0..=0xD7 => continue,
+            0xC0..=0xFE => {}
+            _ => return bad("an invalid marker"),
+        }
+        let Some(len) = data.get(pos..pos + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
+            return bad("truncated (in a marker segment)");
+        };
+        if len < 2 {
+            return bad("a marker segment of impossible length");
+        }
+        pos += len;
+        if code != 0xDA {
+            continue;
+        }
+        // Entropy-coded data after the scan header, up to the next marker.
+        loop {
+            let Some(i) = data.get(pos..).and_then(|d| d.iter().position(|&b| b == 0xFF)) else {
+                return bad("truncated (no end-of-image marker)");
+            };
+            pos += i;
+            match data.get(pos + 1) {
+                None => return bad("truncated (no end-of-image marker)"),
+                Some(0x00 | 0xD0..=0xD7) => pos += 2,
+                Some(0xC0..=0xFE) => break,
+                Some(_) => return bad("corrupt entropy-coded data"),
+            }
+        }
+    }
+}
+
 /// A JPEG to I420, decoded to YCbCr (no colour conversion either way) and the chroma of
-/// each 2x2 block averaged. Strict: a truncated or damaged JPEG is an error, not a picture
-/// with a grey bottom.
+/// each 2x2 block averaged. A truncated or damaged JPEG is an error, not a picture with
+/// garbage in it. Bytes after the end-of-image marker (a driver's whole buffer) are ignored.
 pub fn mjpeg_to_i420(data: &[u8]) -> Result<I420Frame, BadFrame> {
+    let data = &data[..jpeg_end(data)?];
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::YCbCr)
         .set_strict_mode(true)
@@ -277,5 +306,21 @@ mod tests {
     fn garbage_is_not_a_jpeg() {
         assert!(matches!(mjpeg_to_i420(&[0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]), Err(BadFrame::Jpeg(_))));
         assert!(matches!(mjpeg_to_i420(&[]), Err(BadFrame::Jpeg(_))));
+    }
+
+    #[test]
+    fn a_jpeg_ends_at_its_end_marker_and_a_broken_structure_is_refused() {
+        // SOI, an APP0 of length 4, SOS with a 4-byte header, entropy data with a stuffed
+        // 0xFF and a restart marker, EOI, then stale bytes of a driver's buffer.
+        let good =
+            [0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xDA, 0, 4, 9, 9, 5, 0xFF, 0, 6, 0xFF, 0xD3, 7, 0xFF, 0xD9];
+        let mut buf = good.to_vec();
+        buf.extend_from_slice(&[0xFF, 0x12, 0xFF, 0xD9, 3]);
+        assert_eq!(jpeg_end(&buf), Ok(good.len()));
+        let cut = jpeg_end(&good[..17]).unwrap_err();
+        assert!(cut.to_string().contains("truncated"), "{cut}");
+        let mut damaged = good.to_vec();
+        damaged[16] = 0x12; // 0xFF 0x12 inside the scan
+        assert!(jpeg_end(&damaged).unwrap_err().to_string().contains("corrupt"));
     }
 }
