@@ -291,7 +291,11 @@ impl LocalMedia {
             return Ok(());
         };
         // `spec` is not None here, so opening it gives a source or an error.
-        let opened = pipeline.switch(|| self.open_video(&spec)?.ok_or(CallError::Ended));
+        let open = |spec: &VideoSpec| {
+            let none = || CallError::Device(devices::DeviceError::NotFound { kind: "camera", id: String::new() });
+            self.open_video(spec)?.ok_or_else(none)
+        };
+        let opened = pipeline.switch(|| open(&spec));
         match opened {
             Ok(()) => {
                 self.video_spec = spec;
@@ -300,7 +304,7 @@ impl LocalMedia {
             }
             Err(e) => {
                 let old = self.video_spec.clone();
-                if let Err(again) = pipeline.switch(|| self.open_video(&old)?.ok_or(CallError::Ended)) {
+                if let Err(again) = pipeline.switch(|| open(&old)) {
                     tracing::warn!(error = %again, "cannot open the old camera again either");
                 }
                 Err(e)

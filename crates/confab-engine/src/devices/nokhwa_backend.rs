@@ -77,14 +77,7 @@ impl CameraSystem for NokhwaCameras {
             .or_else(|| all.iter().find(|n| n.index.to_string() == id || n.path == id || n.entry.name == id))
             .ok_or_else(|| DeviceError::NotFound { kind: "camera", id: id.into() })?;
         let name = node.entry.name.clone();
-        let busy = |e: nokhwa::NokhwaError| {
-            let reason = e.to_string();
-            if reason.contains("No such device") || reason.contains("No such file") {
-                DeviceError::Unavailable { kind: "camera", name: name.clone(), reason }
-            } else {
-                DeviceError::Busy { kind: "camera", name: name.clone(), reason }
-            }
-        };
+        let busy = |e| camera_error(&name, e, |kind, name, reason| DeviceError::Busy { kind, name, reason });
         let cam = nokhwa::Camera::new(
             CameraIndex::Index(node.index),
             RequestedFormat::new::<RgbFormat>(RequestedFormatType::None),
@@ -102,13 +95,23 @@ struct NokhwaStream {
 
 impl NokhwaStream {
     fn failed(&self, e: nokhwa::NokhwaError) -> DeviceError {
-        let reason = e.to_string();
-        // ENODEV: the camera was unplugged under us.
-        if reason.contains("No such device") || reason.contains("os error 19") {
-            DeviceError::Unavailable { kind: "camera", name: self.name.clone(), reason }
-        } else {
-            DeviceError::Failed { kind: "camera", name: self.name.clone(), reason }
-        }
+        camera_error(&self.name, e, |kind, name, reason| DeviceError::Failed { kind, name, reason })
+    }
+}
+
+/// nokhwa's error as confab's: a camera that is gone (ENODEV, or its node removed) is
+/// `Unavailable`; anything else is what `otherwise` makes of it. nokhwa gives only text.
+fn camera_error(
+    name: &str,
+    e: nokhwa::NokhwaError,
+    otherwise: fn(&'static str, String, String) -> DeviceError,
+) -> DeviceError {
+    let reason = e.to_string();
+    let gone = ["No such device", "os error 19", "No such file"].iter().any(|s| reason.contains(s));
+    if gone {
+        DeviceError::Unavailable { kind: "camera", name: name.into(), reason }
+    } else {
+        otherwise("camera", name.into(), reason)
     }
 }
 
@@ -160,16 +163,13 @@ impl CameraStream for NokhwaStream {
                     reason: "frame not in the driver's buffer".into(),
                 })
             }
+            // `self.failed` would borrow all of `self` while the frame borrows the camera.
             Err(e) => {
-                let reason = e.to_string();
-                let unplugged = reason.contains("No such device") || reason.contains("os error 19");
-                let kind = "camera";
-                let name = self.name.clone();
-                return Err(if unplugged {
-                    DeviceError::Unavailable { kind, name, reason }
-                } else {
-                    DeviceError::Failed { kind, name, reason }
-                });
+                return Err(camera_error(&self.name, e, |kind, name, reason| DeviceError::Failed {
+                    kind,
+                    name,
+                    reason,
+                }))
             }
         };
         // V4L2 hands out the whole mapped buffer; the stride is worked out from its length.
