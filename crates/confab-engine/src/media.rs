@@ -143,6 +143,9 @@ impl FrameSlot {
 struct VideoInput {
     source: Option<Box<dyn VideoSource>>,
     recovery: Option<Recovery<Box<dyn VideoSource>>>,
+    /// The bad frames `source` had reported, to count only what is new; it starts again
+    /// with every source.
+    seen_bad: u64,
 }
 
 /// Capture + encode threads of the local video. Every frame is fitted (cropped, scaled) to
@@ -176,18 +179,16 @@ impl VideoPipeline {
             ready: Condvar::new(),
             replaced: AtomicU64::new(0),
         });
-        let input = Arc::new(Mutex::new(VideoInput { source: Some(source), recovery }));
+        let input = Arc::new(Mutex::new(VideoInput { source: Some(source), recovery, seen_bad: 0 }));
         let (slot1, input1, bad1) = (slot.clone(), input.clone(), out.frames_bad.clone());
         let capture = Worker::spawn("video-capture", move |stop| {
-            // The bad frames the current source had reported, to add only what is new.
-            let mut seen_bad = 0u64;
             let mut last_attempt: Option<Instant> = None;
             while !stop.is_set() {
                 let mut guard = input1.lock().unwrap();
-                let VideoInput { source, recovery } = &mut *guard;
+                let VideoInput { source, recovery, seen_bad } = &mut *guard;
                 let Some(src) = source.as_mut() else {
                     // Stopped, or being switched: try to get it back once a second.
-                    seen_bad = 0;
+                    *seen_bad = 0;
                     if let Some(r) = recovery.as_mut() {
                         if last_attempt.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
                             last_attempt = Some(Instant::now());
@@ -203,8 +204,8 @@ impl VideoPipeline {
                 };
                 let got = src.next_frame();
                 let now_bad = src.bad_frames();
-                bad1.fetch_add(now_bad.saturating_sub(seen_bad), Relaxed);
-                seen_bad = now_bad;
+                bad1.fetch_add(now_bad.saturating_sub(*seen_bad), Relaxed);
+                *seen_bad = now_bad;
                 match got {
                     Ok(Some(f)) => {
                         if let Some(r) = recovery.as_mut() {
@@ -311,6 +312,7 @@ impl VideoPipeline {
         let (source, recovery) = open()?;
         input.source = Some(source);
         input.recovery = recovery;
+        input.seen_bad = 0;
         // Every peer needs a keyframe of the new picture at once; a delta frame against
         // the old camera's picture would be garbage.
         self.out.new_viewer.store(true, Relaxed);
