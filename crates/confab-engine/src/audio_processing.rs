@@ -147,7 +147,11 @@ impl EchoReference {
 /// The reference moved onto the microphone's clock.
 struct DriftCompensation {
     mic: ClockRate,
-    to_mic: RateConverter,
+    /// Made once a drift is measured. Until then the reference passes as it is: the
+    /// converter holds back up to a step of it, and the speaker's buffer, all the reference
+    /// has over the echo (a few tens of ms), must not go on that, or some runs' echo
+    /// reaches the canceller before its reference does and is never cancelled.
+    to_mic: Option<RateConverter>,
     frames: u32,
     /// The ratio applied now, for the debug line.
     ratio: f64,
@@ -155,12 +159,7 @@ struct DriftCompensation {
 
 impl DriftCompensation {
     fn new() -> Self {
-        DriftCompensation {
-            mic: ClockRate::default(),
-            to_mic: RateConverter::adjustable(SAMPLE_RATE),
-            frames: 0,
-            ratio: 1.0,
-        }
+        DriftCompensation { mic: ClockRate::default(), to_mic: None, frames: 0, ratio: 1.0 }
     }
 }
 
@@ -253,15 +252,17 @@ impl CaptureProcessor {
                 if let Some((s, m)) = r.speaker_rate().zip(d.mic.measure()) {
                     let ratio = reference_ratio(m, s);
                     if ratio != d.ratio {
-                        d.to_mic.set_ratio(ratio);
+                        d.to_mic.get_or_insert_with(|| RateConverter::adjustable(SAMPLE_RATE)).set_ratio(ratio);
                         d.ratio = ratio;
                     }
                 }
             }
-            d.to_mic.push(far.iter().map(|&s| s as f32 / 32_768.0));
-            far.clear();
-            let whole = d.to_mic.available() / BLOCK * BLOCK;
-            far.extend(d.to_mic.take(whole).map(|s| (s.clamp(-1.0, 1.0) * 32_767.0) as i16));
+            if let Some(to_mic) = d.to_mic.as_mut() {
+                to_mic.push(far.iter().map(|&s| s as f32 / 32_768.0));
+                far.clear();
+                let whole = to_mic.available() / BLOCK * BLOCK;
+                far.extend(to_mic.take(whole).map(|s| (s.clamp(-1.0, 1.0) * 32_767.0) as i16));
+            }
             self.render(&far);
             self.far = far;
         }
