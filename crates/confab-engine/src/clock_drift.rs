@@ -39,8 +39,8 @@ const NOMINAL_HZ: f64 = 48_000.0;
 ///
 /// A callback or a thread is only ever late, never early: a loaded machine delays some
 /// calls by milliseconds, and for seconds together while a call starts up. A line fitted
-/// through every call leans with that load (hundreds of ppm over ten seconds, more than
-/// the drift it measures). The least late call in each half second is where the clock
+/// through every call leans with that load (350-560 ppm seen over ten seconds, more than
+/// the drift it measures). The least late call in each second is where the clock
 /// really is, within the least scheduling delay, so the line is fitted through those.
 #[derive(Debug, Default)]
 pub struct ClockRate {
@@ -125,7 +125,7 @@ pub struct Rate {
 pub const MAX_DRIFT_PPM: f64 = 1_000.0;
 
 /// Smallest drift corrected. A load that comes and goes leans even the least late calls by
-/// 10-15 ppm over the shortest span, and a tight fit does not show it (the lean is not
+/// 10-30 ppm over the shortest span, and a tight fit does not show it (the lean is not
 /// scatter). Below this the echo moves by at most 1.5 ms a minute, which the canceller's
 /// own delay estimation follows.
 pub const MIN_DRIFT_PPM: f64 = 25.0;
@@ -188,7 +188,7 @@ mod tests {
     fn a_machine_busy_while_the_call_starts_does_not_look_like_drift() {
         // Two clocks in step. For the first 8 s of the call the capture thread is late by
         // up to 15 ms, as on a loaded machine while video starts; then by up to 1 ms. A
-        // line through every call leans by about 200 ppm over the first 26 s.
+        // line through every call leans with that load.
         for seed in 0..20 {
             let mut mic = ClockRate::default();
             let mut x: u64 = seed;
