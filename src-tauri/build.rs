@@ -19,6 +19,9 @@ fn main() {
         "frame_done",
         "tile_counts",
         "set_tile_size",
+        "watch_links",
+        "copy_invite",
+        "invite_info",
     ]);
     tauri_build::try_build(tauri_build::Attributes::new().config_path("../tauri.conf.json").app_manifest(manifest))
         .expect("tauri build step");

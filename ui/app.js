@@ -70,6 +70,24 @@ function fillDevices(devices, chosen) {
   for (const [kind, id] of Object.entries(DEVICE_SELECTS)) fillSelect($(id), kind, devices, chosen[kind]);
 }
 
+// Devices remembered from the last call are used again, but never silently: a camera left
+// off, or a device that is not here any more (the default is used instead), is said.
+function noteRememberedDevices(devices, saved) {
+  const notes = [];
+  const labels = { camera: 'camera', microphone: 'microphone', speaker: 'speaker' };
+  for (const [kind, id] of Object.entries(DEVICE_SELECTS)) {
+    const was = saved[kind];
+    if (!was) continue;
+    if (was === 'none') {
+      if (kind !== 'speaker') notes.push(`Your ${labels[kind]} is off, as in your last call.`);
+      continue;
+    }
+    if ($(id).value !== was) notes.push(`The ${labels[kind]} from your last call (${was}) is not here; using ${$(id).selectedOptions[0]?.text ?? 'the default'}.`);
+  }
+  $('device-notes').hidden = notes.length === 0;
+  $('device-notes').textContent = notes.join(' ');
+}
+
 const chosenDevices = () => Object.fromEntries(Object.entries(DEVICE_SELECTS).map(([k, id]) => [k, $(id).value]));
 
 // While a device list is on screen, a headset plugged in (or pulled out) shows up within a
@@ -126,16 +144,30 @@ async function startMicTest() {
 function showJoinError(text) {
   const box = $('join-error');
   box.hidden = !text; box.textContent = text || '';
+  if (!text) $('trust-box').hidden = true;
 }
 
-async function join() {
+// A server whose certificate nobody we trust signed (self-signed): its fingerprint, to be
+// compared with what its operator gave, and a button that trusts it for good.
+let pendingTrust = null;
+function showUntrusted(untrusted) {
+  pendingTrust = untrusted;
+  $('cert-fingerprint').textContent = untrusted.fingerprint;
+  $('trust-box').hidden = false;
+}
+
+// Errors come as text (checks) or as {message, cancelled, untrusted} (join failures).
+const errorText = (e) => (typeof e === 'string' ? e : e?.message ?? String(e));
+
+async function join(trust = null) {
   const button = $('join-button');
   showJoinError('');
+  $('invite-note').hidden = true;
   const req = {
     name: $('display-name').value, room: $('room-name').value, server: $('server-url').value.trim() || 'built-in',
     password: $('room-password').value || null, camera: $('camera-select').value,
     microphone: $('mic-select').value, speaker: $('speaker-select').value, host_on_network: $('host-network').checked,
-    audio_processing: processing(),
+    audio_processing: processing(), trust,
   };
   if (!req.name.trim()) { showJoinError('Please enter your name.'); $('display-name').focus(); return; }
   if (!req.room.trim()) { showJoinError('Please enter a room name.'); $('room-name').focus(); return; }
@@ -146,16 +178,24 @@ async function join() {
   // Clear the chat before joining: events (a chat among them) can arrive before `join`
   // itself returns.
   chat.reset(null);
+  state.joining = true;
   try {
     const joined = await invoke('join', { req, events, frames: frameChannel() });
     state.me = joined.peer_id;
     chat.me = joined.peer_id;
-    if (joined.share) { $('share-line').hidden = false; $('share-line').textContent = `Others join at ${joined.share}`; }
+    if (joined.share.length) {
+      $('share-line').hidden = false;
+      $('share-line').textContent = `Hosting on your network: others join with your invite link (or ${joined.share.join(' or ')})`;
+    }
     if (joined.audio_only) toast('No camera found: you joined with sound only.');
   } catch (e) {
+    // Leave during the join cancels it: the join screen is already back.
+    if (e?.cancelled) return;
     leaveToJoin();
-    showJoinError(String(e));
+    showJoinError(errorText(e));
+    if (e?.untrusted) showUntrusted(e.untrusted);
   } finally {
+    state.joining = false;
     button.disabled = false; button.textContent = 'Join';
   }
 }
@@ -166,6 +206,7 @@ function enterCall(req) {
   if (state.previewTile) { state.previewTile.remove(); state.previewTile = null; }
   $('join-screen').hidden = true; $('call-screen').hidden = false;
   $('room-label').textContent = state.room; $('share-line').hidden = true;
+  $('invite-box').hidden = true; $('invite-button').setAttribute('aria-expanded', 'false'); $('invite-link').value = '';
   state.selfTile = new Tile('self', `${req.name.trim()} (you)`, { self: true, onResize: reportSize });
   state.selfTile.setMedia({ muted: false, camera: state.cameraOn });
   $('grid').replaceChildren(state.selfTile.el);
@@ -188,6 +229,50 @@ function leaveToJoin() {
 async function leave() {
   $('leave-button').disabled = true;
   try { await invoke('leave'); } finally { $('leave-button').disabled = false; leaveToJoin(); }
+}
+
+// ---------- invite links ----------
+async function copyInvite() {
+  const box = $('invite-box');
+  try {
+    const link = await invoke('copy_invite', { withPassword: $('invite-password').checked });
+    $('invite-link').value = link;
+    box.hidden = false; $('invite-button').setAttribute('aria-expanded', 'true');
+    toast('Invite link copied: paste it to the people you want in this call.');
+  } catch (e) { toast(errorText(e), true); }
+}
+
+// The invite box's options: the password only on request; a link that only works here.
+async function prepareInvite() {
+  try {
+    const [hasPassword, localOnly] = await invoke('invite_info');
+    $('invite-password-row').hidden = !hasPassword;
+    $('invite-password').checked = false;
+    $('invite-hint').textContent = localOnly
+      ? 'This link works on this computer only. To invite others, join with Host on my network ticked, or use a server they can reach.'
+      : 'Whoever has this link can join the room.';
+  } catch { /* not in a call any more */ }
+}
+
+// A link clicked on the desktop (or the one confab was started with): that room's join
+// screen, filled in; one click (or Enter) joins.
+function onLink(news) {
+  if (news.type === 'bad') { showJoinError(news.message); return; }
+  const inv = news.invite;
+  $('room-name').value = inv.room;
+  $('server-url').value = inv.server;
+  $('room-password').value = inv.password ?? '';
+  $('host-network').checked = false;
+  const note = $('invite-note');
+  note.hidden = false;
+  if (state.screen === 'call' || state.joining) {
+    note.textContent = `Invited to "${inv.room}": leave this call, then click Join.`;
+    toast(`Invited to "${inv.room}": leave this call to join it.`);
+  } else {
+    note.textContent = `Invited to "${inv.room}": click Join.`;
+    showJoinError('');
+    ($('display-name').value.trim() ? $('join-button') : $('display-name')).focus();
+  }
 }
 
 function layout() {
@@ -390,11 +475,16 @@ const chat = new Chat({
 });
 
 $('join-form').addEventListener('submit', (e) => { e.preventDefault(); join(); });
+$('server-url').addEventListener('input', () => { $('trust-box').hidden = true; pendingTrust = null; });
 for (const [key] of PROCESSING) $(`${key}-check`).addEventListener('change', (e) => setProcessing(key, e.target.checked));
 $('camera-select').addEventListener('change', startPreview);
+for (const id of Object.values(DEVICE_SELECTS)) $(id).addEventListener('change', () => { $('device-notes').hidden = true; });
 $('mic-select').addEventListener('change', startMicTest);
 $('display-name').addEventListener('input', () => state.previewTile?.setName($('display-name').value || 'You'));
 $('leave-button').addEventListener('click', leave);
+$('invite-button').addEventListener('click', async () => { await prepareInvite(); await copyInvite(); });
+$('invite-password').addEventListener('change', copyInvite);
+$('trust-button').addEventListener('click', () => { if (pendingTrust) join(pendingTrust.fingerprint); });
 $('mic-button').addEventListener('click', toggleMic);
 $('camera-button').addEventListener('click', toggleCamera);
 $('stats-button').addEventListener('click', toggleStats);
@@ -421,8 +511,13 @@ document.addEventListener('keydown', (e) => {
   for (const [key] of PROCESSING) $(`${key}-check`).checked = s.audio_processing?.[key] ?? true;
   $('version-line').textContent = `confab ${info.version}`;
   fillDevices(info.devices, s);
+  noteRememberedDevices(info.devices, s);
+  (init.name || s.name) ? $('room-name').focus() : $('display-name').focus();
+  const links = new Channel();
+  links.onmessage = onLink;
+  await invoke('watch_links', { links });
   await startPreview();
   await startMicTest();
-  (init.name || s.name) ? $('room-name').focus() : $('display-name').focus();
   window.confabReady = true;
+  if (init.join) join();
 })();

@@ -2,6 +2,11 @@
 //! windows on one machine (or two desktops on a LAN) can call with no server set up. The
 //! first app to need it binds port 8787; a second app on the same machine finds it there
 //! and uses it.
+//!
+//! Its doors: web pages are refused (the library's default `allow_origins`: a page in any
+//! browser tab could otherwise reach 127.0.0.1 and join a room), and when hosting on the
+//! network every connection from another machine needs the access code that the invite
+//! link carries (`?code=` in the server URL).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +17,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Default)]
 pub struct BuiltIn {
     running: Option<(ServerHandle, bool)>,
+    /// While hosting on the network: what others must bring. A new one each time hosting
+    /// starts, so that old links stop working when hosting stops.
+    code: Option<String>,
+}
+
+/// Where the built-in server can be reached.
+pub struct Endpoint {
+    /// For this app: loopback.
+    pub url: String,
+    /// When hosting on the network: for the others, one URL per network address, each with
+    /// the access code.
+    pub share: Vec<String>,
+}
+
+/// Access codes people can read out: no 0/O or 1/I/L. 8 of 31 symbols is ~40 bits, and
+/// guessing runs through TCP handshakes on a LAN while the host is in a call.
+fn new_code() -> String {
+    const SYMBOLS: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+    let pick = |_| SYMBOLS[rand::random_range(0..SYMBOLS.len())] as char;
+    let a: String = (0..4).map(pick).collect();
+    let b: String = (0..4).map(pick).collect();
+    format!("{a}-{b}")
 }
 
 fn port() -> u16 {
@@ -19,9 +46,8 @@ fn port() -> u16 {
 }
 
 impl BuiltIn {
-    /// Makes sure a server is there; returns its WebSocket URL and, when hosting on the
-    /// network, the address others should use.
-    pub async fn ensure(&mut self, on_network: bool) -> Result<(String, Option<String>), String> {
+    /// Makes sure a server is there, bound to the network when hosting.
+    pub async fn ensure(&mut self, on_network: bool) -> Result<Endpoint, String> {
         let port = port();
         if let Some((_, net)) = &self.running {
             if *net != on_network {
@@ -30,32 +56,44 @@ impl BuiltIn {
         }
         if self.running.is_none() {
             let ip: IpAddr = if on_network { [0, 0, 0, 0].into() } else { [127, 0, 0, 1].into() };
-            let cfg = Config { listen: SocketAddr::new(ip, port), ..Config::default() };
+            let code = on_network.then(new_code);
+            let cfg = Config { listen: SocketAddr::new(ip, port), access_code: code.clone(), ..Config::default() };
             match Server::bind(cfg).await {
-                Ok(s) => self.running = Some((s.spawn(), on_network)),
-                Err(e) => {
-                    // Another confab on this machine may already host it.
-                    if is_confab(port).await {
-                        return Ok((format!("ws://127.0.0.1:{port}/ws"), None));
-                    }
+                Ok(s) => {
+                    self.running = Some((s.spawn(), on_network));
+                    self.code = code;
+                }
+                // Another confab on this machine may already run it: fine for a call on this
+                // machine, but then we cannot host, and must say so rather than hand out an
+                // address that leads nowhere.
+                Err(_) if !on_network && is_confab(port).await => {
+                    return Ok(Endpoint { url: format!("ws://127.0.0.1:{port}/ws"), share: Vec::new() });
+                }
+                Err(e) if on_network && is_confab(port).await => {
+                    tracing::warn!(error = %e, "cannot host: another confab holds the port");
                     return Err(format!(
-                        "Cannot start the built-in server: {e}. Another program uses port {port}; enter a server address instead."
+                        "Cannot host on your network: another confab on this computer already uses port {port}. \
+                         Close it, or join its call instead."
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the built-in server");
+                    return Err(format!(
+                        "Cannot start the built-in server: port {port} is in use by another program. \
+                         Close that program, or enter a server address instead."
                     ));
                 }
             }
         }
-        let share = on_network.then(|| {
-            let ips = lan_addresses();
-            if ips.is_empty() {
-                "no network address found".to_string()
-            } else {
-                ips.iter().map(|ip| format!("ws://{ip}:{port}/ws")).collect::<Vec<_>>().join("  or  ")
-            }
-        });
-        Ok((format!("ws://127.0.0.1:{port}/ws"), share))
+        let share = match (&self.code, on_network) {
+            (Some(code), true) => lan_addresses().iter().map(|ip| format!("ws://{ip}:{port}/ws?code={code}")).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Endpoint { url: format!("ws://127.0.0.1:{port}/ws"), share })
     }
 
     pub async fn stop(&mut self) {
+        self.code = None;
         if let Some((h, _)) = self.running.take() {
             h.shutdown().await;
         }

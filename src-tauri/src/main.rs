@@ -6,6 +6,9 @@
 
 mod builtin;
 mod frames;
+mod invite;
+mod join;
+mod links;
 mod settings;
 
 use std::path::PathBuf;
@@ -15,13 +18,15 @@ use clap::Parser;
 use confab_engine::audio_processing::ProcessingSettings;
 use confab_engine::devices::{self, AudioSpec, DeviceInfo, DeviceKind, SinkSpec, VideoSpec};
 use confab_engine::worker::Worker;
-use confab_engine::{Call, CallConfig, CallController, CallEvent, DecodedFrame, FrameSink};
+use confab_engine::{CallController, DecodedFrame, FrameSink};
 use confab_proto::{limits, PeerId};
 use frames::FrameForwarder;
-use serde::{Deserialize, Serialize};
-use settings::{Settings, BUILT_IN};
+use join::{friendly, leave_inner};
+use serde::Serialize;
+use settings::Settings;
 use tauri::ipc::{Channel, InvokeResponseBody};
 use tauri::{Manager, State};
+use tauri_plugin_deep_link::DeepLinkExt;
 
 /// confab: video calls. Type a room, click Join.
 #[derive(Parser, Debug, Clone, Serialize)]
@@ -36,14 +41,23 @@ struct Cli {
     /// Display name to pre-fill.
     #[arg(long)]
     name: Option<String>,
+    /// Join at once with what is filled in, as if Join were clicked (a meeting-room
+    /// computer that joins its standing room when it starts, say).
+    #[arg(long)]
+    join: bool,
+    /// An invite link (confab://join?...), as the desktop passes it when one is clicked.
+    #[arg(value_name = "LINK")]
+    link: Option<String>,
 }
 
-struct Active {
+pub(crate) struct Active {
     control: CallController,
     pump: tauri::async_runtime::JoinHandle<()>,
+    /// What others need to join this call (Copy invite link).
+    invite: invite::Invite,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     cli: Cli,
     config_dir: PathBuf,
     settings: Mutex<Settings>,
@@ -59,6 +73,11 @@ struct AppState {
     synthetic: bool,
     /// `CONFAB_UDP_BIND`: where ICE host candidates live (default: every interface).
     udp_bind: String,
+    /// The join in progress, which Leave cancels.
+    joining: Mutex<Option<join::Joining>>,
+    next_join: std::sync::atomic::AtomicU64,
+    /// Invite links that arrive while the app runs (clicked on the desktop), to the page.
+    links: links::LinkInbox,
 }
 
 #[derive(Serialize)]
@@ -83,6 +102,9 @@ async fn devices_off_ui(synthetic: bool) -> Vec<DeviceInfo> {
 
 #[tauri::command]
 async fn app_info(state: State<'_, AppState>) -> Result<AppInfo, String> {
+    // The page asks once it has loaded: for the logs (and the install test), the moment the
+    // join screen is up.
+    tracing::info!("join screen up");
     let devices = devices_off_ui(state.synthetic).await;
     let settings = state.settings.lock().unwrap().clone();
     Ok(AppInfo {
@@ -108,7 +130,7 @@ fn save_settings(state: State<'_, AppState>, settings: Settings) -> Result<(), S
 
 /// The camera the page chose; with synthetic devices on, the default camera of a machine
 /// that has none is the synthetic one.
-fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
+pub(crate) fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
     match VideoSpec::from_device_id(id) {
         VideoSpec::Camera(None) if synthetic && devices::camera::list(&devices::Cameras::system()).is_empty() => {
             VideoSpec::Synthetic
@@ -160,7 +182,7 @@ async fn start_preview(
 /// The microphone the page chose, as a call would open it: with synthetic devices on, the
 /// default microphone of a machine that has none is the synthetic tone; with none at all,
 /// nothing.
-fn audio_spec(id: &str, synthetic: bool) -> AudioSpec {
+pub(crate) fn audio_spec(id: &str, synthetic: bool) -> AudioSpec {
     let has_mic = || devices_for(false).iter().any(|d| d.kind == DeviceKind::Microphone);
     match AudioSpec::from_device_id(id) {
         AudioSpec::Mic(None) if !has_mic() && synthetic => AudioSpec::Synthetic(440.0),
@@ -202,7 +224,7 @@ async fn start_mic_test(state: State<'_, AppState>, microphone: String, levels: 
     Ok(())
 }
 
-fn stop_mic_test_inner(state: &AppState) {
+pub(crate) fn stop_mic_test_inner(state: &AppState) {
     let test = state.mic_test.lock().unwrap().take();
     drop(test);
 }
@@ -212,7 +234,7 @@ fn stop_mic_test(state: State<'_, AppState>) {
     stop_mic_test_inner(&state);
 }
 
-fn stop_preview_inner(state: &AppState) {
+pub(crate) fn stop_preview_inner(state: &AppState) {
     let preview = state.preview.lock().unwrap().take();
     // Dropping the worker stops the preview thread and waits for it (the camera closes).
     drop(preview);
@@ -221,164 +243,6 @@ fn stop_preview_inner(state: &AppState) {
 #[tauri::command]
 fn stop_preview(state: State<'_, AppState>) {
     stop_preview_inner(&state);
-}
-
-#[derive(Deserialize, Debug)]
-struct JoinRequest {
-    name: String,
-    room: String,
-    server: String,
-    password: Option<String>,
-    camera: String,
-    microphone: String,
-    speaker: String,
-    host_on_network: bool,
-    #[serde(default)]
-    audio_processing: ProcessingSettings,
-}
-
-#[derive(Serialize)]
-struct Joined {
-    peer_id: PeerId,
-    room: String,
-    server: String,
-    /// When hosting on the network: the address to give others.
-    share: Option<String>,
-    audio_only: bool,
-}
-
-fn check_text(what: &str, v: &str, max: usize) -> Result<String, String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return Err(format!("Please enter a {what}."));
-    }
-    if v.chars().count() > max {
-        return Err(format!("The {what} is too long (at most {max} characters)."));
-    }
-    if v.chars().any(char::is_control) {
-        return Err(format!("The {what} has characters that cannot be used."));
-    }
-    Ok(v.to_string())
-}
-
-#[tauri::command]
-async fn join(
-    state: State<'_, AppState>,
-    req: JoinRequest,
-    events: Channel<serde_json::Value>,
-    frames: Channel<InvokeResponseBody>,
-) -> Result<Joined, String> {
-    let name = check_text("display name", &req.name, limits::MAX_DISPLAY_NAME_CHARS)?;
-    let room = check_text("room name", &req.room, limits::MAX_ROOM_NAME_CHARS)?;
-    let password = req.password.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(String::from);
-    let server_setting = req.server.trim().to_string();
-    leave_inner(&state).await;
-    stop_preview_inner(&state);
-    stop_mic_test_inner(&state);
-
-    let (url, share) = if server_setting.is_empty() || server_setting == BUILT_IN {
-        let mut b = state.builtin.lock().await;
-        b.ensure(req.host_on_network).await?
-    } else if server_setting.starts_with("ws://") || server_setting.starts_with("wss://") {
-        (server_setting.clone(), None)
-    } else {
-        return Err(format!("The server address must start with ws:// or wss:// (got '{server_setting}')."));
-    };
-
-    let mut video = video_spec(&req.camera, state.synthetic);
-    let mut audio_only = false;
-    if video == VideoSpec::Camera(None) && devices::camera::list(&devices::Cameras::system()).is_empty() {
-        // No camera at all: join with sound only rather than not at all.
-        video = VideoSpec::None;
-        audio_only = true;
-    }
-    // The default microphone or speaker of a machine that has none: the synthetic tone if
-    // allowed, else silence; the call goes on either way.
-    let audio = audio_spec(&req.microphone, state.synthetic);
-    let sink = sink_spec(&req.speaker);
-
-    let mut cfg = CallConfig::new(url.clone(), room.clone(), name.clone());
-    cfg.password = password;
-    cfg.video = video;
-    cfg.audio = audio;
-    cfg.sink = sink;
-    cfg.processing = req.audio_processing;
-    cfg.self_view = true;
-    cfg.udp_bind = vec![format!("{}:0", state.udp_bind)];
-    let fwd = Arc::new(FrameForwarder::new(frames));
-    *state.frames.lock().unwrap() = Some(fwd.clone());
-    let mut call = Call::join(cfg, fwd.clone()).await.map_err(|e| friendly(&e))?;
-    let peer_id = call.peer_id.clone();
-
-    let saved = Settings {
-        name,
-        room: room.clone(),
-        server: if server_setting.is_empty() { BUILT_IN.into() } else { server_setting },
-        camera: req.camera.clone(),
-        microphone: req.microphone.clone(),
-        speaker: req.speaker.clone(),
-        host_on_network: req.host_on_network,
-        audio_processing: req.audio_processing,
-    };
-    if let Err(e) = settings::save(&state.config_dir, &saved) {
-        tracing::warn!(error = %e, "cannot save settings");
-    }
-    *state.settings.lock().unwrap() = saved;
-
-    let control = call.controller();
-    let pump = tauri::async_runtime::spawn(async move {
-        while let Some(ev) = call.next_event().await {
-            if let CallEvent::PeerLeft { peer_id } = &ev {
-                fwd.remove(peer_id.as_str());
-            }
-            let end = matches!(ev, CallEvent::Ended { .. });
-            if let Ok(v) = serde_json::to_value(&ev) {
-                let _ = events.send(v);
-            }
-            if end {
-                break;
-            }
-        }
-    });
-    *state.call.lock().await = Some(Active { control, pump });
-    Ok(Joined { peer_id, room, server: url, share, audio_only })
-}
-
-/// Turns engine errors into what the join screen should say.
-fn friendly(e: &confab_engine::CallError) -> String {
-    use confab_engine::CallError as E;
-    use confab_proto::ErrorCode;
-    match e {
-        E::Refused { code: ErrorCode::RoomFull, message } => format!("This room is full: {message}."),
-        E::Refused { code: ErrorCode::Unauthorized, message } => format!("Wrong or missing password: {message}."),
-        E::Signal(confab_engine::signaling::SignalError::Unreachable { addr, .. }) => {
-            format!("Cannot reach the server at {addr}. Check the address, or use the built-in server.")
-        }
-        E::Device(devices::DeviceError::Busy { kind, name, .. }) => {
-            format!("The {kind} '{name}' is in use by another program. Close it, or pick another {kind}.")
-        }
-        E::Device(devices::DeviceError::NotFound { kind, .. }) => {
-            format!("No {kind} found. Pick another one in the list.")
-        }
-        E::Device(devices::DeviceError::Unavailable { kind, name, .. }) => {
-            format!("The {kind} '{name}' is not available (unplugged?). Pick another one in the list.")
-        }
-        other => other.to_string(),
-    }
-}
-
-async fn leave_inner(state: &AppState) {
-    let active = state.call.lock().await.take();
-    if let Some(a) = active {
-        a.control.leave().await;
-        let _ = a.pump.await;
-    }
-}
-
-#[tauri::command]
-async fn leave(state: State<'_, AppState>) -> Result<(), String> {
-    leave_inner(&state).await;
-    Ok(())
 }
 
 #[tauri::command]
@@ -406,7 +270,7 @@ async fn set_audio_processing(state: State<'_, AppState>, processing: Processing
 
 /// The speaker the page chose, as a call opens it: the default speaker of a machine that
 /// has none is nothing.
-fn sink_spec(id: &str) -> SinkSpec {
+pub(crate) fn sink_spec(id: &str) -> SinkSpec {
     match SinkSpec::from_device_id(id) {
         SinkSpec::Speaker(None) if !devices_for(false).iter().any(|d| d.kind == DeviceKind::Speaker) => SinkSpec::Null,
         spec => spec,
@@ -500,6 +364,15 @@ fn main() {
     let synthetic = std::env::var("CONFAB_SYNTHETIC_DEVICES").map(|v| v == "1").unwrap_or(false);
     let udp_bind = std::env::var("CONFAB_UDP_BIND").unwrap_or_else(|_| "0.0.0.0".into());
     let app = tauri::Builder::default()
+        // First, as its documentation asks: a second `confab` (a link clicked while we run)
+        // hands its arguments over and exits. The deep-link feature passes a link given
+        // alone to the deep-link plugin's on_open_url below; anything else comes here.
+        .plugin(tauri_plugin_single_instance::init(|app, args, _cwd| {
+            let alone = args.len() == 2 && invite::Invite::looks_like_link(&args[1]);
+            links::second_instance(app, if alone { Vec::new() } else { args });
+        }))
+        .plugin(tauri_plugin_deep_link::init())
+        .plugin(tauri_plugin_clipboard_manager::init())
         .setup(move |app| {
             let config_dir = app.path().app_config_dir().unwrap_or_else(|_| std::env::temp_dir().join("confab"));
             let settings = settings::load(&config_dir);
@@ -514,6 +387,22 @@ fn main() {
                 builtin: tokio::sync::Mutex::new(builtin::BuiltIn::default()),
                 synthetic,
                 udp_bind: udp_bind.clone(),
+                joining: Mutex::new(None),
+                next_join: Default::default(),
+                links: links::LinkInbox::default(),
+            });
+            // The link this process was started with (also when the desktop passes it with
+            // other arguments), then every link clicked while we run.
+            let state = app.state::<AppState>();
+            if let Some(link) = cli.link.clone() {
+                state.links.deliver(links::LinkNews::from_arg(&link));
+            }
+            let handle = app.handle().clone();
+            app.deep_link().on_open_url(move |event| {
+                let state = handle.state::<AppState>();
+                for url in event.urls() {
+                    state.links.deliver(links::LinkNews::from_arg(url.as_str()));
+                }
             });
             Ok(())
         })
@@ -525,8 +414,8 @@ fn main() {
             stop_preview,
             start_mic_test,
             stop_mic_test,
-            join,
-            leave,
+            join::join,
+            join::leave,
             set_muted,
             set_camera,
             set_audio_processing,
@@ -534,7 +423,10 @@ fn main() {
             send_chat,
             frame_done,
             tile_counts,
-            set_tile_size
+            set_tile_size,
+            links::watch_links,
+            links::copy_invite,
+            links::invite_info
         ])
         .build(tauri::generate_context!("../tauri.conf.json"))
         .expect("building the app");
@@ -542,6 +434,7 @@ fn main() {
         if let tauri::RunEvent::Exit = event {
             // Closing the window leaves the call properly: peers see us go at once.
             let state = handle.state::<AppState>();
+            state.cancel_join();
             tauri::async_runtime::block_on(async {
                 leave_inner(&state).await;
                 state.builtin.lock().await.stop().await;

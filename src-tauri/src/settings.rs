@@ -1,6 +1,7 @@
 //! What the app remembers between runs: name, last room, server and devices, as JSON in the
 //! app's config directory. A missing or unreadable file means defaults, never a failed start.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use confab_engine::audio_processing::ProcessingSettings;
@@ -24,6 +25,9 @@ pub struct Settings {
     pub host_on_network: bool,
     /// Echo cancellation, noise suppression, gain control (all on unless turned off).
     pub audio_processing: ProcessingSettings,
+    /// Servers whose certificate the user chose to trust (a self-signed one), by
+    /// `host:port`: the certificate's SHA-256 fingerprint, pinned from then on.
+    pub trusted_certs: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -37,6 +41,7 @@ impl Default for Settings {
             speaker: String::new(),
             host_on_network: false,
             audio_processing: ProcessingSettings::default(),
+            trusted_certs: BTreeMap::new(),
         }
     }
 }

@@ -105,18 +105,20 @@ def signal_server():
 
 
 class App:
-    """One running confab window, driven through tauri-driver."""
+    """One running confab window, driven through tauri-driver. `env` is added to the app's
+    environment (its own profile, its own session bus); `args` are its command line."""
 
-    def __init__(self, display):
+    def __init__(self, display, env=None, args=None):
         self.port, native = free_port(), free_port()
         self.driver_proc = subprocess.Popen(
             ["tauri-driver", "--port", str(self.port), "--native-port", str(native),
              "--native-driver", "/usr/bin/WebKitWebDriver"],
-            stdout=subprocess.DEVNULL, stderr=open(ARTIFACTS / f"tauri-driver-{self.port}.log", "w"))
+            stdout=subprocess.DEVNULL, stderr=open(ARTIFACTS / f"tauri-driver-{self.port}.log", "w"),
+            env={**os.environ, **(env or {})})
         wait_port(self.port)
         opts = ArgOptions()
         opts.set_capability("browserName", "wry")
-        opts.set_capability("tauri:options", {"application": str(APP)})
+        opts.set_capability("tauri:options", {"application": str(APP), "args": list(args or [])})
         # The first session after Xvfb starts can fail while the X server is still coming up
         # (tauri-driver then drops the request); a new session a moment later works.
         for attempt in range(3):
@@ -157,8 +159,8 @@ class App:
 def app_factory(display):
     apps = []
 
-    def make():
-        a = App(display)
+    def make(env=None, args=None):
+        a = App(display, env, args)
         apps.append(a)
         return a
 
@@ -224,3 +226,77 @@ def peers():
     yield make
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def session_bus(tmp_path):
+    """A D-Bus session bus of its own, as every desktop session has: where confab's single
+    instance lives (a second `confab` started on it hands over to the first)."""
+    need("/usr/bin/dbus-daemon", "run scripts/bootstrap (package dbus-daemon)")
+    address = f"unix:path={tmp_path}/bus"
+    proc = subprocess.Popen(["dbus-daemon", "--session", "--nofork", f"--address={address}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not (tmp_path / "bus").exists():
+        if time.time() > deadline:
+            raise TimeoutError("dbus-daemon did not start")
+        time.sleep(0.05)
+    yield address
+    proc.terminate()
+    proc.wait()
+
+
+def profile(tmp_path, name, bus=None):
+    """The environment of one person's confab: its own settings directory and session bus
+    (or none: then every confab is an instance of its own)."""
+    home = tmp_path / name
+    home.mkdir()
+    return {"XDG_CONFIG_HOME": str(home), "DBUS_SESSION_BUS_ADDRESS": bus or f"unix:path={home}/no-bus"}
+
+
+class SlowJoinProxy:
+    """A TCP proxy in front of a signaling server that holds back everything the server
+    says after the WebSocket handshake (the `joined` first) for `delay` seconds: a server
+    slow to let us in. `client_closed` is set when the client hangs up."""
+
+    def __init__(self, upstream_port, delay):
+        import asyncio
+        self.port, self.delay, self.upstream = free_port(), delay, upstream_port
+        self.client_closed = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def pipe(reader, writer, hold):
+            try:
+                if hold:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    writer.write(head)
+                    await writer.drain()
+                    await asyncio.sleep(self.delay)
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except Exception:
+                pass
+            finally:
+                writer.close()
+
+        async def upward(client_r, up_w):
+            await pipe(client_r, up_w, False)
+            self.client_closed.set()
+
+        async def handle(client_r, client_w):
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream)
+            await asyncio.gather(upward(client_r, up_w), pipe(up_r, client_w, True))
+
+        async def main():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            ready.set()
+            await self.server.serve_forever()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(main()), daemon=True)
+        self.thread.start()
+        ready.wait(5)
+
+    def url(self):
+        return f"ws://127.0.0.1:{self.port}/ws"

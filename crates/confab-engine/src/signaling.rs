@@ -24,6 +24,15 @@ pub enum SignalError {
     Tls { host: String, reason: String },
     #[error("WebSocket handshake with {url} failed: {reason}")]
     Handshake { url: String, reason: String },
+    /// The server answered the upgrade with an HTTP error (a web origin it does not allow,
+    /// a missing or wrong access code); `message` is its own explanation.
+    #[error("the server refused the connection (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    /// A `wss://` server whose certificate no trusted authority signed (self-signed, as
+    /// `confab-signal --self-signed` makes), or not the one pinned for it. The user may
+    /// trust it after comparing the fingerprint with what the server printed.
+    #[error("the certificate of {host} is not trusted ({reason}); its SHA-256 fingerprint is {fingerprint}")]
+    Untrusted { host: String, fingerprint: String, reason: String },
 }
 
 /// How to trust a wss:// server.
@@ -32,13 +41,17 @@ pub struct TlsOptions {
     /// Extra PEM certificate(s) to trust besides the system's roots, e.g. the one
     /// `confab-signal --self-signed --write-cert` wrote (which pins that server).
     pub extra_ca_pem: Option<String>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (`AB:CD:...`, as
+    /// `confab-signal` prints it), whoever signed it and whatever names it carries: what
+    /// the user accepted on first use. Any other certificate is refused.
+    pub pinned_sha256: Option<String>,
 }
 
 impl TlsOptions {
     pub fn from_file(path: &std::path::Path) -> Result<Self, SignalError> {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| SignalError::BadCa { path: path.display().to_string(), reason: e.to_string() })?;
-        Ok(TlsOptions { extra_ca_pem: Some(pem) })
+        Ok(TlsOptions { extra_ca_pem: Some(pem), pinned_sha256: None })
     }
 }
 
@@ -87,20 +100,32 @@ pub async fn connect(
         .map_err(|source| SignalError::Unreachable { addr: addr.clone(), source })?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if secure {
-        let cfg = client_tls_config(tls)?;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let cfg = client_tls_config(tls, seen.clone())?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| SignalError::Tls { host: host.clone(), reason: e.to_string() })?;
-        let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| SignalError::Tls { host: host.clone(), reason: e.to_string() })?;
+        let s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(|e| {
+            match seen.lock().expect("certificate slot").take() {
+                Some((fingerprint, reason)) => SignalError::Untrusted { host: host.clone(), fingerprint, reason },
+                None => SignalError::Tls { host: host.clone(), reason: e.to_string() },
+            }
+        })?;
         Box::new(s)
     } else {
         Box::new(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .map_err(|e| SignalError::Handshake { url: url.into(), reason: e.to_string() })?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.map_err(|e| match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => SignalError::Refused {
+            status: r.status().as_u16(),
+            message: r
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| r.status().canonical_reason().unwrap_or("refused").to_string()),
+        },
+        e => SignalError::Handshake { url: url.into(), reason: e.to_string() },
+    })?;
 
     let (out_tx, mut out_rx) = mpsc::channel::<ClientMsg>(256);
     let (in_tx, in_rx) = mpsc::channel::<SignalEvent>(1024);
@@ -156,7 +181,10 @@ pub async fn connect(
     Ok((out_tx, in_rx))
 }
 
-fn client_tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SignalError> {
+/// Where a failed certificate check leaves the certificate's fingerprint and why it failed.
+type SeenCert = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
+fn client_tls_config(tls: &TlsOptions, seen: SeenCert) -> Result<rustls::ClientConfig, SignalError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in rustls_native_certs::load_native_certs().certs {
@@ -174,9 +202,95 @@ fn client_tls_config(tls: &TlsOptions) -> Result<rustls::ClientConfig, SignalErr
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| SignalError::Tls { host: String::new(), reason: e.to_string() })?;
+    let verifier = Arc::new(CertCheck {
+        webpki,
+        pinned: tls.pinned_sha256.as_deref().map(normalize_fingerprint),
+        algorithms: provider.signature_verification_algorithms,
+        seen,
+    });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| SignalError::Tls { host: String::new(), reason: e.to_string() })?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// SHA-256 of a DER certificate as `AB:CD:...`, the form `confab-signal`, browsers and
+/// `openssl x509 -fingerprint -sha256` show.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// A fingerprint as typed or pasted (any case, with or without colons) in the canonical form.
+pub fn normalize_fingerprint(s: &str) -> String {
+    let hex: Vec<char> = s.chars().filter(char::is_ascii_hexdigit).map(|c| c.to_ascii_uppercase()).collect();
+    hex.chunks(2).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(":")
+}
+
+/// The usual check (system roots plus any extra CA), or, for a pinned server, exactly the
+/// pinned certificate. A refused certificate's fingerprint is kept, so that the user can be
+/// shown what to compare. The handshake's signatures are verified either way: a pin says
+/// which key to trust, not that anyone may speak for it.
+#[derive(Debug)]
+struct CertCheck {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Option<String>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+    seen: SeenCert,
+}
+
+impl rustls::client::danger::ServerCertVerifier for CertCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        let refused = |reason: String, e: rustls::Error| {
+            *self.seen.lock().expect("certificate slot") = Some((fp.clone(), reason));
+            Err(e)
+        };
+        match &self.pinned {
+            Some(pin) if *pin == fp => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(_) => refused(
+                "it is not the certificate trusted for this server before".into(),
+                rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure),
+            ),
+            None => match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Ok(v) => Ok(v),
+                Err(e @ rustls::Error::InvalidCertificate(_)) => refused(e.to_string(), e),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

@@ -71,6 +71,46 @@ fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+const PAGE_PORT: &str = "8788";
+const PAGE_ORIGIN: &str = "http://127.0.0.1:8788";
+
+/// `confab-signal` on 127.0.0.1:8787 inside `ns`, once it accepts connections.
+fn start_signal(ns: &Netns, extra: &[&str]) -> Killed {
+    let server = Killed(
+        ns.cmd(signal_bin())
+            .args(["--listen", "127.0.0.1:8787"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        let probe = ns.cmd("bash").args(["-c", "exec 3<>/dev/tcp/127.0.0.1/8787"]).stderr(Stdio::null()).status();
+        if probe.unwrap().success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+/// What Chromium's page got when it tried to join: "joined" or "refused".
+fn chromium_probe(ns: &Netns) -> String {
+    let out = ns
+        .cmd("node")
+        .arg(interop_dir().join("run.mjs"))
+        .args(["--server", "ws://127.0.0.1:8787/ws", "--room", "probe", "--page-port", PAGE_PORT, "--probe"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let lines = json_lines(&out);
+    let outcome = lines.iter().find(|l| l["type"] == "chromium_outcome");
+    outcome.and_then(|l| l["outcome"].as_str()).map(String::from).unwrap_or_else(|| {
+        panic!("no outcome from Chromium: {}", String::from_utf8_lossy(&out.stdout));
+    })
+}
+
 /// Runs one call between Chromium and confab-peer; `chromium_first` decides who offers
 /// (the one already in the room offers to the newcomer).
 fn call(chromium_first: bool) {
@@ -82,23 +122,9 @@ fn call(chromium_first: bool) {
     );
     assert!(Path::new("/usr/bin/chromium").exists(), "chromium is not installed: run scripts/bootstrap");
     let ns = Netns::new(if chromium_first { "ic" } else { "ir" });
-    let _signal = Killed(
-        ns.cmd(signal_bin())
-            .args(["--listen", "127.0.0.1:8787"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    // The page is served from a known port, so its origin can be allowed.
+    let _signal = start_signal(&ns, &["--allow-origin", PAGE_ORIGIN]);
     let url = "ws://127.0.0.1:8787/ws";
-    // Wait for the server inside the namespace.
-    for _ in 0..100 {
-        let probe = ns.cmd("bash").args(["-c", "exec 3<>/dev/tcp/127.0.0.1/8787"]).stderr(Stdio::null()).status();
-        if probe.unwrap().success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let peer_args = [
         "--server",
         url,
@@ -115,6 +141,7 @@ fn call(chromium_first: bool) {
     let node_args = |secs: &str| {
         let mut c = ns.cmd("node");
         c.arg(interop_dir().join("run.mjs")).args(["--server", url, "--room", "interop", "--duration", secs]);
+        c.args(["--page-port", PAGE_PORT]);
         c
     };
     let (peer_out, chrome_out) = if chromium_first {
@@ -165,6 +192,29 @@ fn call(chromium_first: bool) {
     assert!(p["audio_packets_received"].as_u64().unwrap() > 100, "we got Chromium's audio: {p}");
     assert_eq!(summary["ok"], true);
     assert!(peer_out.status.success());
+}
+
+/// Browsers send `Origin` with every WebSocket; a page may join only if its operator allowed
+/// that origin, while confab's own clients (no `Origin`) always may.
+#[test]
+fn a_web_page_joins_only_if_its_origin_is_allowed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(interop_dir().join("node_modules/playwright-core").exists(), "run `npm ci` in tests/interop");
+    let ns = Netns::new("io");
+    {
+        let _signal = start_signal(&ns, &[]);
+        assert_eq!(chromium_probe(&ns), "refused", "a page from an origin nobody allowed");
+        let peer = ns
+            .cmd(PEER)
+            .args(["--server", "ws://127.0.0.1:8787/ws", "--room", "probe", "--name", "App", "--bind", "127.0.0.1"])
+            .args(["--video", "none", "--audio", "none", "--duration", "1", "--expect-peers", "0"])
+            .output()
+            .unwrap();
+        let lines = json_lines(&peer);
+        assert!(lines.iter().any(|l| l["type"] == "joined"), "confab-peer (no Origin) joins: {lines:?}");
+    }
+    let _signal = start_signal(&ns, &["--allow-origin", PAGE_ORIGIN]);
+    assert_eq!(chromium_probe(&ns), "joined", "with --allow-origin {PAGE_ORIGIN}");
 }
 
 #[test]

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod metrics;
 pub mod ratelimit;
 pub mod rooms;

@@ -86,6 +86,11 @@ struct Cli {
     /// costs the least CPU per message when one core is enough.
     #[arg(long, env = "CONFAB_WORKERS", default_value_t = 0)]
     workers: usize,
+    /// A web page origin allowed to connect, e.g. https://meet.example.org (repeatable; `*`
+    /// allows every page). By default no web page may connect: only apps such as confab
+    /// and confab-peer, which send no Origin.
+    #[arg(long = "allow-origin", env = "CONFAB_ALLOW_ORIGINS", value_delimiter = ',')]
+    allow_origins: Vec<String>,
     /// Log format.
     #[arg(long, env = "CONFAB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -145,6 +150,11 @@ fn main() -> Result<()> {
             cli.ping_interval
         );
     }
+    for o in &cli.allow_origins {
+        if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            bail!("--allow-origin {o:?} must be a page origin such as https://meet.example.org, or *");
+        }
+    }
     if cli.rate_burst == 0 || cli.rate_per_sec == 0 {
         bail!("--rate-burst and --rate-per-sec must be at least 1");
     }
@@ -161,6 +171,7 @@ fn main() -> Result<()> {
         resume_grace: if cli.resume_grace == 0.0 { Duration::ZERO } else { seconds("resume-grace", cli.resume_grace)? },
         tls: identity.as_ref().map(|i| i.config.clone()),
         ice: IceConfig { stun: cli.stun, turn: cli.turn, turn_secret: cli.turn_secret, turn_ttl_s: cli.turn_ttl },
+        allow_origins: cli.allow_origins.clone(),
         ..Config::default()
     };
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use confab_proto::ErrorCode;
 
 /// Why a connection was refused or cut off by the server.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// `--max-connections` reached: refused before the WebSocket handshake.
     MaxConnections,
@@ -21,15 +21,21 @@ pub enum Rejection {
     FrameTooLarge,
     /// It stopped answering pings.
     Timeout,
+    /// A web page whose origin is not allowed (`--allow-origin`).
+    Origin,
+    /// From another machine without the right access code.
+    AccessCode,
 }
 
-const REJECTIONS: [(Rejection, &str); 6] = [
+const REJECTIONS: [(Rejection, &str); 8] = [
     (Rejection::MaxConnections, "max_connections"),
     (Rejection::SlowConsumer, "slow_consumer"),
     (Rejection::RateLimit, "rate_limit"),
     (Rejection::Errors, "errors"),
     (Rejection::FrameTooLarge, "frame_too_large"),
     (Rejection::Timeout, "timeout"),
+    (Rejection::Origin, "origin"),
+    (Rejection::AccessCode, "access_code"),
 ];
 
 #[derive(Default)]

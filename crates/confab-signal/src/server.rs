@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::admission;
 use crate::metrics::{Metrics, Rejection};
 use crate::ratelimit::{Strikes, TokenBucket, Verdict};
 use crate::rooms::{ConnId, Outbound, Rooms, RoomsConfig};
@@ -82,6 +83,15 @@ pub struct Config {
     pub ice: IceConfig,
     /// How long shutdown waits for clients to take their close frames.
     pub shutdown_grace: Duration,
+    /// Web pages (their `Origin`, e.g. `https://meet.example.org`) allowed to open a
+    /// WebSocket here; `*` allows every page. Browsers send `Origin` with every WebSocket
+    /// upgrade and confab's own clients never do, so the default (empty) refuses every web
+    /// page: otherwise any page open in any browser tab could join a room on a server it
+    /// can reach (one on 127.0.0.1 or the LAN included) and take the media of whoever is in it.
+    pub allow_origins: Vec<String>,
+    /// When set, a WebSocket from anywhere but this machine (a loopback address) must carry
+    /// `?code=` with this value: the app's "Host on my network" puts it in its invite links.
+    pub access_code: Option<String>,
 }
 
 impl Default for Config {
@@ -101,6 +111,8 @@ impl Default for Config {
             tls: None,
             ice: IceConfig::default(),
             shutdown_grace: Duration::from_secs(2),
+            allow_origins: Vec::new(),
+            access_code: None,
         }
     }
 }
@@ -311,11 +323,11 @@ fn accept(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         let stop = shared.shutdown.clone();
         let serve = async {
             match shared.cfg.tls.clone() {
-                None => serve_http(shared.clone(), tcp, permit).await,
+                None => serve_http(shared.clone(), tcp, peer, permit).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_http(shared.clone(), stream, permit).await,
+                        Ok(Ok(stream)) => serve_http(shared.clone(), stream, peer, permit).await,
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -331,7 +343,7 @@ fn accept(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 
 type Body = Full<Bytes>;
 
-async fn serve_http<IO>(shared: Arc<Shared>, io: IO, permit: OwnedSemaphorePermit)
+async fn serve_http<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, permit: OwnedSemaphorePermit)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -340,7 +352,7 @@ where
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(route(&shared, req, &permit)) }
+        async move { Ok::<_, Infallible>(route(&shared, req, peer, &permit)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -352,7 +364,12 @@ where
     }
 }
 
-fn route(shared: &Arc<Shared>, req: Request<Incoming>, permit: &Mutex<Option<OwnedSemaphorePermit>>) -> Response<Body> {
+fn route(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    permit: &Mutex<Option<OwnedSemaphorePermit>>,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET, "/metrics") => {
@@ -364,7 +381,19 @@ fn route(shared: &Arc<Shared>, req: Request<Incoming>, permit: &Mutex<Option<Own
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
-        (&Method::GET, "/ws") => upgrade(shared, req, permit),
+        (&Method::GET, "/ws") => match admission(
+            &shared.cfg,
+            req.headers().get(header::ORIGIN).map(|o| String::from_utf8_lossy(o.as_bytes())).as_deref(),
+            req.uri().query(),
+            peer.ip(),
+        ) {
+            Ok(()) => upgrade(shared, req, permit),
+            Err((rejection, status, why)) => {
+                shared.metrics.rejected(rejection);
+                debug!(%peer, %why, "WebSocket refused");
+                text(status, why)
+            }
+        },
         (_, "/healthz" | "/metrics" | "/ws") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()),
         _ => text(StatusCode::NOT_FOUND, "not found: confab-signal serves /ws, /healthz and /metrics\n".into()),
     }

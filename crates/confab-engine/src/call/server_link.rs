@@ -218,7 +218,12 @@ impl ServerLink {
                     }
                     return LinkEvent::Back { joined, after };
                 }
-                Err(e @ (CallError::Refused { .. } | CallError::Signal(SignalError::BadUrl(_)))) => {
+                Err(
+                    e @ (CallError::Refused { .. }
+                    | CallError::Signal(
+                        SignalError::BadUrl(_) | SignalError::Refused { .. } | SignalError::Untrusted { .. },
+                    )),
+                ) => {
                     return LinkEvent::GaveUp { reason: format!("could not get back into the room: {e}") };
                 }
                 Err(e) => {

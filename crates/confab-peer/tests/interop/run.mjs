@@ -2,7 +2,9 @@
 // confab-signal server, for `--duration` seconds, then prints one JSON line: what Chromium
 // decoded and heard from each peer. Used by crates/confab-peer/tests/interop.rs.
 //
-//   node run.mjs --server ws://127.0.0.1:8787/ws --room r --duration 10
+//   node run.mjs --server ws://127.0.0.1:8787/ws --room r --duration 10 [--page-port 8788]
+//   node run.mjs --server ... --room r --probe    prints {"type":"chromium_outcome",
+//                                                 "outcome":"joined"|"refused"} and exits
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,7 +18,8 @@ const html = fs.readFileSync(path.join(dir, 'page.html'));
 
 // Served over http://127.0.0.1 (a secure context, as getUserMedia requires).
 const server = http.createServer((req, res) => { res.setHeader('content-type', 'text/html'); res.end(html); });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
+// A known port gives the page a known origin (http://127.0.0.1:PORT) for --allow-origin.
+await new Promise((r) => server.listen(Number(args['page-port'] || 0), '127.0.0.1', r));
 const url = `http://127.0.0.1:${server.address().port}/?server=${encodeURIComponent(args.server)}` +
   `&room=${encodeURIComponent(args.room)}&name=${encodeURIComponent(args.name || 'Chromium')}`;
 
@@ -32,13 +35,18 @@ try {
   page.on('console', (m) => { if (process.env.CONFAB_INTEROP_DEBUG) console.error(m.text()); });
   page.on('pageerror', (e) => console.error('page error:', e.message));
   await page.goto(url);
-  await page.waitForFunction(() => window.ready === true, null, { timeout: 30000 });
-  // In the room: a test that wants Chromium there first starts its peer on this line.
-  console.log(JSON.stringify({ type: 'chromium_ready' }));
-  await new Promise((r) => setTimeout(r, Number(args.duration || 10) * 1000));
-  result = await page.evaluate(() => window.report());
+  if (process.argv.includes('--probe')) {
+    await page.waitForFunction(() => window.outcome, null, { timeout: 30000 });
+    console.log(JSON.stringify({ type: 'chromium_outcome', outcome: await page.evaluate(() => window.outcome) }));
+  } else {
+    await page.waitForFunction(() => window.ready === true, null, { timeout: 30000 });
+    // In the room: a test that wants Chromium there first starts its peer on this line.
+    console.log(JSON.stringify({ type: 'chromium_ready' }));
+    await new Promise((r) => setTimeout(r, Number(args.duration || 10) * 1000));
+    result = await page.evaluate(() => window.report());
+  }
 } finally {
   await browser.close();
   server.close();
 }
-console.log(JSON.stringify({ type: 'chromium_summary', ...result }));
+if (result) console.log(JSON.stringify({ type: 'chromium_summary', ...result }));
