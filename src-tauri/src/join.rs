@@ -97,14 +97,20 @@ pub fn server_key(url: &str) -> Option<String> {
 pub struct Joining {
     id: u64,
     cancel: CancellationToken,
+    /// Ends (its sender dropped) when the join has returned, cancelled or not.
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl AppState {
-    /// Cancels the join in progress, if any. Called before taking the call slot, so that a
+    /// Cancels the join in progress, if any, and waits until it has wound down: the room
+    /// told we left and the devices closed. Called before taking the call slot, so that a
     /// join either sees the cancellation or has already put its call where leave finds it.
-    pub fn cancel_join(&self) {
-        if let Some(j) = self.joining.lock().unwrap().take() {
+    pub async fn cancel_join(&self) {
+        let joining = self.joining.lock().unwrap().take();
+        if let Some(j) = joining {
             j.cancel.cancel();
+            // Bounded: a device that hangs on close must not hang Leave or the exit.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), j.done).await;
         }
     }
 }
@@ -120,13 +126,14 @@ pub async fn join(
     let room = check_text("room name", &req.room, limits::MAX_ROOM_NAME_CHARS)?;
     let password = req.password.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(String::from);
     let server_setting = req.server.trim().to_string();
-    state.cancel_join();
+    state.cancel_join().await;
     leave_inner(&state).await;
     stop_preview_inner(&state);
     stop_mic_test_inner(&state);
     let cancel = CancellationToken::new();
     let id = state.next_join.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    *state.joining.lock().unwrap() = Some(Joining { id, cancel: cancel.clone() });
+    let (_done, done) = tokio::sync::oneshot::channel::<()>();
+    *state.joining.lock().unwrap() = Some(Joining { id, cancel: cancel.clone(), done });
     let r = join_call(&state, &req, name, room, password, server_setting, events, frames, &cancel).await;
     let mut slot = state.joining.lock().unwrap();
     if slot.as_ref().is_some_and(|j| j.id == id) {
@@ -187,11 +194,11 @@ async fn join_call(
     cfg.tls = tls.clone();
     let fwd = Arc::new(FrameForwarder::new(frames));
     *state.frames.lock().unwrap() = Some(fwd.clone());
-    let joined = tokio::select! {
-        r = Call::join(cfg, fwd.clone()) => r,
-        _ = cancel.cancelled() => return Err(JoinFailure::cancelled()),
+    let mut call = match Call::join_until(cfg, fwd.clone(), cancel.clone()).await {
+        Ok(call) => call,
+        Err(confab_engine::CallError::Cancelled) => return Err(JoinFailure::cancelled()),
+        Err(e) => return Err(failure(&e, &url)),
     };
-    let mut call = joined.map_err(|e| failure(&e, &url))?;
     let peer_id = call.peer_id.clone();
 
     let saved = {
@@ -304,7 +311,7 @@ pub async fn leave_inner(state: &AppState) {
 /// Leave: ends the call, or the join still in progress.
 #[tauri::command]
 pub async fn leave(state: State<'_, AppState>) -> Result<(), String> {
-    state.cancel_join();
+    state.cancel_join().await;
     leave_inner(&state).await;
     Ok(())
 }

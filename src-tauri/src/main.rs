@@ -434,8 +434,8 @@ fn main() {
         if let tauri::RunEvent::Exit = event {
             // Closing the window leaves the call properly: peers see us go at once.
             let state = handle.state::<AppState>();
-            state.cancel_join();
             tauri::async_runtime::block_on(async {
+                state.cancel_join().await;
                 leave_inner(&state).await;
                 state.builtin.lock().await.stop().await;
             });

@@ -300,3 +300,26 @@ class SlowJoinProxy:
 
     def url(self):
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+def close_window(title="confab"):
+    """Closes the app's window as a window manager does when its close button is clicked:
+    a WM_DELETE_WINDOW message, which the app may answer as it likes (WebDriver's own
+    window close goes around the app). Returns how many windows were asked."""
+    from Xlib import X, display as xdisplay
+    from Xlib.protocol import event
+
+    d = xdisplay.Display()
+    delete, protocols = d.intern_atom("WM_DELETE_WINDOW"), d.intern_atom("WM_PROTOCOLS")
+    asked = 0
+    for w in d.screen().root.query_tree().children:
+        try:
+            if w.get_wm_name() != title or delete not in (w.get_wm_protocols() or []):
+                continue
+        except Exception:
+            continue
+        w.send_event(event.ClientMessage(window=w, client_type=protocols, data=(32, [delete, X.CurrentTime, 0, 0, 0])))
+        asked += 1
+    d.flush()
+    d.close()
+    return asked

@@ -15,7 +15,7 @@ import time
 
 from selenium.webdriver.common.by import By
 
-from conftest import APP, ROOT, SIGNAL, SlowJoinProxy, free_port, profile, wait_port
+from conftest import APP, ROOT, SIGNAL, SlowJoinProxy, close_window, free_port, profile, wait_port
 
 REMOTE = "[data-tile]:not([data-peer-id='self'])"
 INTEROP = ROOT / "crates" / "confab-peer" / "tests" / "interop"
@@ -140,6 +140,24 @@ def test_leave_during_a_slow_join_leaves_no_call(app_factory, signal_server, pee
     join(app, "Ada", "slow-room", signal_server)
     in_call(app)
     sees(app, "Bob")
+
+
+def test_closing_the_window_during_a_slow_join_leaves_no_call(app_factory, signal_server, peers, tmp_path):
+    port = int(signal_server.rsplit(":", 1)[1].split("/")[0])
+    proxy = SlowJoinProxy(port, delay=8)
+    bob = peers(signal_server, "closed-room", "Bob", "--duration", "40")
+    bob.wait(lambda e: e.get("type") == "joined", why="Bob joined")
+    app = app_factory(env=profile(tmp_path, "ada"))
+    join(app, "Ada", "closed-room", proxy.url())
+    bob.wait(lambda e: e.get("type") == "peer_joined", why="Ada in the room")
+    closed_at = time.time()
+    assert close_window() >= 1, "the app's window was not found"
+    # A join cancelled on the way out says goodbye (a close frame): the room hears of it at
+    # once, not after the server's 8 s resume grace that a vanished client gets.
+    bob.wait(lambda e: e.get("type") == "peer_left", timeout=4, why="Ada leaving when her window closed")
+    assert proxy.client_closed.wait(2), "the connection stayed open after the window closed"
+    print(f"room told {time.time() - closed_at:.2f} s after the window closed")
+    assert not bob.find(lambda e: e.get("type") == "first_frame"), "Bob got media from a cancelled join"
 
 
 def chromium_outcome(server, room):

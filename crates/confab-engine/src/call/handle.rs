@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use confab_proto::PeerId;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::local_media::LocalMedia;
@@ -56,6 +57,17 @@ impl Call {
     /// Opens the devices, connects to the server and joins the room. Returns once the
     /// server said `joined`; the first event is [`CallEvent::Joined`].
     pub async fn join(cfg: CallConfig, frames: Arc<dyn FrameSink>) -> Result<Call, CallError> {
+        Self::join_until(cfg, frames, CancellationToken::new()).await
+    }
+
+    /// [`Call::join`], unless `cancel` fires before the server lets us in (a user who
+    /// clicks Leave while a slow server answers): then the devices are closed, the room is
+    /// told we left, and the result is [`CallError::Cancelled`].
+    pub async fn join_until(
+        cfg: CallConfig,
+        frames: Arc<dyn FrameSink>,
+        cancel: CancellationToken,
+    ) -> Result<Call, CallError> {
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         // Weak: the call's own media must not keep its command channel open (the task ends
@@ -76,7 +88,7 @@ impl Call {
         let mut media = LocalMedia::open(&cfg, frames, notices)?;
         let sink = media.open_sink(&cfg.sink)?;
 
-        let (link, joined) = ServerLink::connect(&cfg).await?;
+        let (link, joined) = ServerLink::connect(&cfg, &cancel).await?;
         let me = link.me().clone();
         info!(peer = %me, room = %joined.room, peers = joined.peers.len(), "joined");
         let (pc_tx, pc_rx) = mpsc::channel(1024);

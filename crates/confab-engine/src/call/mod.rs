@@ -125,6 +125,9 @@ pub enum CallError {
     Audio(#[from] crate::codec::opus::OpusError),
     #[error("the call has ended")]
     Ended,
+    /// [`Call::join_until`]'s token fired before the join completed.
+    #[error("the join was cancelled")]
+    Cancelled,
 }
 
 /// What to add to a connection failure when only TURN relays may be used: then the relay

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use confab_proto::{ClientMsg, IceServer, PeerId, PeerInfo, Resume, ServerMsg};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{CallConfig, CallError};
@@ -139,8 +140,9 @@ pub(super) struct ServerLink {
 
 impl ServerLink {
     /// Connects and joins the room the config names.
-    pub async fn connect(cfg: &CallConfig) -> Result<(ServerLink, JoinedRoom), CallError> {
-        let ((tx, rx), joined) = handshake(cfg, None).await?;
+    /// Connects and joins, unless `cancel` fires first (then `CallError::Cancelled`).
+    pub async fn connect(cfg: &CallConfig, cancel: &CancellationToken) -> Result<(ServerLink, JoinedRoom), CallError> {
+        let ((tx, rx), joined) = handshake(cfg, None, cancel).await?;
         let link = ServerLink {
             cfg: cfg.clone(),
             me: joined.peer_id.clone(),
@@ -244,7 +246,7 @@ impl ServerLink {
         let resume = Resume { peer_id: self.me.clone(), token: self.token.clone() };
         Rejoin(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            tokio::time::timeout(ATTEMPT_TIMEOUT, handshake(&cfg, Some(resume)))
+            tokio::time::timeout(ATTEMPT_TIMEOUT, handshake(&cfg, Some(resume), &CancellationToken::new()))
                 .await
                 .unwrap_or_else(|_| Err(CallError::Closed(Some("no answer within 15 s".into()))))
         }))
@@ -274,37 +276,63 @@ impl Drop for Rejoin {
 }
 
 /// Connects to the server and joins the room (taking up the place `resume` names, if any).
-/// Messages the server sends after `joined` stay in the returned receiver.
-async fn handshake(cfg: &CallConfig, resume: Option<Resume>) -> Result<(Link, JoinedRoom), CallError> {
-    let (tx, mut rx) = signaling::connect(&cfg.server, &cfg.tls).await?;
+/// Messages the server sends after `joined` stay in the returned receiver. If `cancel`
+/// fires first, the server is told we leave (it may have put us in the room already, and
+/// would otherwise hold our place for its resume grace) and the socket is closed before
+/// this returns `CallError::Cancelled`.
+async fn handshake(
+    cfg: &CallConfig,
+    resume: Option<Resume>,
+    cancel: &CancellationToken,
+) -> Result<(Link, JoinedRoom), CallError> {
+    let (tx, mut rx) = tokio::select! {
+        r = signaling::connect(&cfg.server, &cfg.tls) => r?,
+        _ = cancel.cancelled() => return Err(CallError::Cancelled),
+    };
     let join =
         ClientMsg::Join { room: cfg.room.clone(), name: cfg.name.clone(), password: cfg.password.clone(), resume };
     let _ = tx.send(join).await;
-    let joined = async {
-        loop {
-            match rx.recv().await {
-                Some(SignalEvent::Msg(ServerMsg::Joined {
-                    peer_id,
-                    room,
-                    max_peers,
-                    peers,
-                    ice_servers,
-                    resume_token,
-                    resumed,
-                    ..
-                })) => return Ok(JoinedRoom { peer_id, room, max_peers, peers, ice_servers, resume_token, resumed }),
-                Some(SignalEvent::Msg(ServerMsg::Error { code, message })) => {
-                    return Err(CallError::Refused { code, message })
-                }
-                Some(SignalEvent::Msg(_)) => continue,
-                Some(SignalEvent::Closed(r)) => return Err(CallError::Closed(r)),
-                None => return Err(CallError::Closed(None)),
-            }
+    let outcome = {
+        let joined = answer(&mut rx);
+        tokio::select! {
+            r = tokio::time::timeout(JOIN_TIMEOUT, joined) => Some(r),
+            _ = cancel.cancelled() => None,
         }
     };
-    match tokio::time::timeout(JOIN_TIMEOUT, joined).await {
-        Ok(j) => Ok(((tx, rx), j?)),
-        Err(_) => Err(CallError::Closed(Some("no answer to join within 10 s".into()))),
+    match outcome {
+        Some(Ok(j)) => Ok(((tx, rx), j?)),
+        Some(Err(_)) => Err(CallError::Closed(Some("no answer to join within 10 s".into()))),
+        None => {
+            let _ = tx.send(ClientMsg::Leave).await;
+            drop(tx);
+            // The socket task sends its close frame and ends, which ends `rx`.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async { while rx.recv().await.is_some() {} }).await;
+            Err(CallError::Cancelled)
+        }
+    }
+}
+
+/// The server's answer to `join`: our place, or why not.
+async fn answer(rx: &mut mpsc::Receiver<SignalEvent>) -> Result<JoinedRoom, CallError> {
+    loop {
+        match rx.recv().await {
+            Some(SignalEvent::Msg(ServerMsg::Joined {
+                peer_id,
+                room,
+                max_peers,
+                peers,
+                ice_servers,
+                resume_token,
+                resumed,
+                ..
+            })) => return Ok(JoinedRoom { peer_id, room, max_peers, peers, ice_servers, resume_token, resumed }),
+            Some(SignalEvent::Msg(ServerMsg::Error { code, message })) => {
+                return Err(CallError::Refused { code, message })
+            }
+            Some(SignalEvent::Msg(_)) => continue,
+            Some(SignalEvent::Closed(r)) => return Err(CallError::Closed(r)),
+            None => return Err(CallError::Closed(None)),
+        }
     }
 }
 
