@@ -115,16 +115,22 @@ def test_a_bad_link_says_what_is_wrong(app_factory, tmp_path):
                  why="a link without a server was not explained")
 
 
-def test_leave_during_a_slow_join_leaves_no_call(app_factory, signal_server, peers, tmp_path):
+def slow_join(app_factory, signal_server, peers, tmp_path, room, delay):
+    """Bob in `room`; Ada's app joining it through a server slow to answer: the server has
+    her in the room (Bob hears of her), but her app is still waiting for it."""
     port = int(signal_server.rsplit(":", 1)[1].split("/")[0])
-    proxy = SlowJoinProxy(port, delay=6)
-    bob = peers(signal_server, "slow-room", "Bob", "--duration", "40")
+    proxy = SlowJoinProxy(port, delay=delay)
+    bob = peers(signal_server, room, "Bob", "--duration", "40")
     bob.wait(lambda e: e.get("type") == "joined", why="Bob joined")
     app = app_factory(env=profile(tmp_path, "ada"))
-    join(app, "Ada", "slow-room", proxy.url())
-    # The server has us in the room (Bob hears of us), but we are still waiting for it.
+    join(app, "Ada", room, proxy.url())
     bob.wait(lambda e: e.get("type") == "peer_joined", why="Ada in the room")
     assert app.js("return document.getElementById('join-button').textContent;") == "Joining…"
+    return app, bob, proxy
+
+
+def test_leave_during_a_slow_join_leaves_no_call(app_factory, signal_server, peers, tmp_path):
+    app, bob, proxy = slow_join(app_factory, signal_server, peers, tmp_path, "slow-room", delay=6)
     app.driver.find_element(By.ID, "leave-button").click()
     app.wait_for("!document.getElementById('join-screen').hidden", why="Leave did not return to the join screen")
     bob.wait(lambda e: e.get("type") == "peer_left", timeout=5, why="Ada leaving")
@@ -143,13 +149,7 @@ def test_leave_during_a_slow_join_leaves_no_call(app_factory, signal_server, pee
 
 
 def test_closing_the_window_during_a_slow_join_leaves_no_call(app_factory, signal_server, peers, tmp_path):
-    port = int(signal_server.rsplit(":", 1)[1].split("/")[0])
-    proxy = SlowJoinProxy(port, delay=8)
-    bob = peers(signal_server, "closed-room", "Bob", "--duration", "40")
-    bob.wait(lambda e: e.get("type") == "joined", why="Bob joined")
-    app = app_factory(env=profile(tmp_path, "ada"))
-    join(app, "Ada", "closed-room", proxy.url())
-    bob.wait(lambda e: e.get("type") == "peer_joined", why="Ada in the room")
+    _, bob, proxy = slow_join(app_factory, signal_server, peers, tmp_path, "closed-room", delay=8)
     closed_at = time.time()
     assert close_window() >= 1, "the app's window was not found"
     # A join cancelled on the way out says goodbye (a close frame): the room hears of it at
