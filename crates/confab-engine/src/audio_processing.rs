@@ -5,8 +5,8 @@
 //!
 //! The echo canceller needs what the speaker really played. The speaker's device callback
 //! hands every sample it gives the device to an [`EchoReference`]; the capture thread drains
-//! it before each microphone frame, so render and capture reach the canceller in the order
-//! they happened. What remains between them (the device buffers, the air) is AEC3's own
+//! it before each microphone frame, so the reference is there before its echo, and hands it
+//! to the canceller a 10 ms block before each microphone block (`RenderPacing` says why). What remains between them (the device buffers, the air) is AEC3's own
 //! delay estimation's job. The slow drift between a separate microphone's and speaker's
 //! clocks is not: AEC3 loses 8 dB of its echo removal at 100 ppm. Both clocks are measured
 //! as samples come and go (`clock_drift`), and the reference is resampled onto the
@@ -163,6 +163,57 @@ impl DriftCompensation {
     }
 }
 
+/// The reference on its way into the canceller: one 10 ms block with each 10 ms block of
+/// the microphone, never a burst.
+///
+/// AEC3 pairs render and capture by how many blocks of each it was given, and tolerates
+/// little jitter in that: a capture block with no render block before it is an underrun,
+/// which drops its delay estimate; render more than 32 ms ahead for a second is an overrun,
+/// which flushes it. The speaker hands over its reference 20 ms at a time, and its callback
+/// and the capture thread wake in the same cycle of the sound server, in either order. Fed
+/// as it came, the reference reached AEC3 a whole period late, then two periods at once,
+/// several times a second on a loaded machine (delay estimate lost over and over, 0.2 dB of
+/// ERLE seconds into a call; the far end heard itself). Here the jitter waits in `pending`
+/// instead, where nothing resets: a late reference costs one underrun (the canceller starts
+/// from the newest it has, which always leads the echo, as the speaker's buffer still has
+/// to play it), and the block that comes late then waits as slack for the next lateness.
+#[derive(Default)]
+struct RenderPacing {
+    pending: VecDeque<i16>,
+    started: bool,
+    /// Capture blocks that found no reference waiting.
+    late: u64,
+}
+
+/// More waiting than this is not jitter (a drift left uncorrected below `MIN_DRIFT_PPM`
+/// takes hours to make it): the oldest is dropped, and AEC3 finds its delay again.
+const PENDING_CAP: usize = SAMPLE_RATE as usize / 2;
+
+impl RenderPacing {
+    /// Whole 10 ms blocks the speaker played since the last frame.
+    fn arrived(&mut self, far: &[i16]) {
+        self.pending.extend(far);
+        // The first frame starts from the newest frame's worth: all before it is older than
+        // anything the microphone will hear from now on.
+        let keep = if self.started { PENDING_CAP } else { FRAME_SAMPLES };
+        self.started = true;
+        let excess = self.pending.len().saturating_sub(keep) / BLOCK * BLOCK;
+        self.pending.drain(..excess);
+    }
+
+    /// The render block to go before the next capture block, if one has come.
+    fn next(&mut self, out: &mut [i16; BLOCK]) -> bool {
+        if self.pending.len() < BLOCK {
+            self.late += 1;
+            return false;
+        }
+        for (o, s) in out.iter_mut().zip(self.pending.drain(..BLOCK)) {
+            *o = s;
+        }
+        true
+    }
+}
+
 /// The processing of one microphone. Lives on the capture thread.
 pub struct CaptureProcessor {
     settings: ProcessingSettings,
@@ -170,6 +221,7 @@ pub struct CaptureProcessor {
     reference: Option<Arc<EchoReference>>,
     switch: Option<Arc<ProcessingSwitch>>,
     far: Vec<i16>,
+    pacing: RenderPacing,
     drift: DriftCompensation,
     /// 10 ms blocks taken in, for the periodic debug line.
     rendered: u64,
@@ -192,6 +244,7 @@ impl CaptureProcessor {
             reference,
             switch: None,
             far: Vec::new(),
+            pacing: RenderPacing::default(),
             drift: DriftCompensation::new(),
             rendered: 0,
             captured: 0,
@@ -238,6 +291,7 @@ impl CaptureProcessor {
             // a call; a part turned off is simply gone.
             self.settings = wanted;
             self.apm = build(wanted);
+            self.pacing = RenderPacing::default();
         }
         if !self.settings.any() {
             return;
@@ -263,11 +317,16 @@ impl CaptureProcessor {
                 let whole = to_mic.available() / BLOCK * BLOCK;
                 far.extend(to_mic.take(whole).map(|s| (s.clamp(-1.0, 1.0) * 32_767.0) as i16));
             }
-            self.render(&far);
+            if self.settings.aec {
+                self.pacing.arrived(&far);
+            }
             self.far = far;
         }
         for block in near.chunks_exact_mut(BLOCK) {
             let mut out = [0i16; BLOCK];
+            if self.reference.is_some() && self.settings.aec && self.pacing.next(&mut out) {
+                self.render(&out);
+            }
             if self.guarded(|apm| apm.process_capture_i16(block, &mut out)) {
                 block.copy_from_slice(&out);
             }
@@ -281,6 +340,8 @@ impl CaptureProcessor {
                 erle_db = ?s.echo_return_loss_enhancement,
                 delay_ms = ?s.delay_ms,
                 drift_ppm = (self.drift.ratio - 1.0) * 1e6,
+                reference_late = self.pacing.late,
+                reference_waiting_ms = self.pacing.pending.len() / (BLOCK / 10),
                 "audio processing"
             );
         }
@@ -326,6 +387,47 @@ mod tests {
         out.clear();
         r.take_blocks(&mut out);
         assert_eq!(out.len(), REFERENCE_CAP, "bounded at a second");
+    }
+
+    #[test]
+    fn a_reference_that_comes_late_costs_one_underrun_not_one_each_time() {
+        // The speaker's callback (20 ms at a time) and the microphone's frame wake in the
+        // same cycle, in either order; now and then the speaker's is a whole period later.
+        let mut p = RenderPacing::default();
+        let (mut played, mut handed) = (0i32, Vec::new());
+        let mut x: u64 = 7;
+        let mut queued: Vec<i16> = Vec::new();
+        for frame in 0..1000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let speaker_first = x >> 63 == 1;
+            // The speaker's thread held up for a period now and then.
+            let stalled = frame % 97 == 50;
+            let mut speak = |q: &mut Vec<i16>| {
+                q.extend((played..played + FRAME_SAMPLES as i32).map(|i| i as i16));
+                played += FRAME_SAMPLES as i32;
+            };
+            if speaker_first && !stalled {
+                speak(&mut queued);
+            }
+            p.arrived(&queued);
+            queued.clear();
+            for _ in 0..2 {
+                let mut b = [0i16; BLOCK];
+                if p.next(&mut b) {
+                    handed.extend(b);
+                }
+            }
+            if !speaker_first || stalled {
+                // After the frame: it arrives with the next period, two at once.
+                speak(&mut queued);
+            }
+        }
+        // Nothing dropped or played twice: the canceller's pairing of render and capture
+        // never moves.
+        let first = handed[0];
+        assert!(handed.iter().enumerate().all(|(i, &s)| s == first.wrapping_add(i as i16)));
+        assert!(p.late <= 6, "{} capture blocks found no reference", p.late);
+        assert!(p.pending.len() <= 3 * FRAME_SAMPLES, "the slack is the lateness, no more");
     }
 
     #[test]
