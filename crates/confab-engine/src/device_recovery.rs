@@ -78,9 +78,13 @@ impl<D: Named> Recovery<D> {
     }
 
     /// The device failed. Silence from it is worth a word at once; a device that went away
-    /// is first looked for (it may be gone for good, and sound move to the default).
+    /// is first looked for (it may be gone for good, and sound move to the default). So is
+    /// a device the user chose that falls silent: unplugged headphones starve their stream
+    /// before the sound server stops listing them, and the next attempt says which it was,
+    /// moved or stopped (saying "stopped" first raced the move, and lost the word "moved").
     pub fn failed(&mut self, why: DeviceError) {
-        if !matches!(why, DeviceError::Unavailable { .. }) {
+        let may_be_gone = matches!(why, DeviceError::Unavailable { .. }) || (self.named && !self.on_default);
+        if !may_be_gone {
             self.tell_stopped(&why);
         }
         self.failure = Some(why);
@@ -193,6 +197,25 @@ mod tests {
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(matches!(&log[0], DeviceNotice::Stopped { reason, .. } if reason.contains("no audio")));
         assert_eq!(log[1], DeviceNotice::Back { kind: "microphone" });
+    }
+
+    #[test]
+    fn chosen_headphones_that_fall_silent_because_they_were_pulled_out_are_only_moved() {
+        let (notices, log) = heard();
+        let open = Box::new(|default: bool| {
+            if default {
+                Ok(Dev("Desk-Speakers"))
+            } else {
+                Err(DeviceError::NotFound { kind: "speaker", id: "headphones".into() })
+            }
+        });
+        let mut r = Recovery::new("speaker", true, open, notices);
+        // The sound server starved the stream before it stopped listing the device.
+        r.failed(silent());
+        assert!(log.lock().unwrap().is_empty(), "not 'stopped' before we know");
+        assert_eq!(r.attempt().unwrap().0, "Desk-Speakers");
+        r.delivering();
+        assert_eq!(*log.lock().unwrap(), [DeviceNotice::Moved { kind: "speaker", to: "Desk-Speakers".into() }]);
     }
 
     #[test]
