@@ -16,9 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Default)]
 pub struct BuiltIn {
-    running: Option<(ServerHandle, bool)>,
-    /// While hosting on the network: what others must bring. A new one each time hosting
-    /// starts, so that old links stop working when hosting stops.
+    running: Option<Running>,
+}
+
+struct Running {
+    handle: ServerHandle,
+    /// Hosting on the network, with what others must bring: a new code each time hosting
+    /// starts, so that old links stop working when hosting stops. `None`: loopback only.
     code: Option<String>,
 }
 
@@ -49,53 +53,45 @@ impl BuiltIn {
     /// Makes sure a server is there, bound to the network when hosting.
     pub async fn ensure(&mut self, on_network: bool) -> Result<Endpoint, String> {
         let port = port();
-        if let Some((_, net)) = &self.running {
-            if *net != on_network {
-                self.stop().await;
-            }
+        if self.running.as_ref().is_some_and(|r| r.code.is_some() != on_network) {
+            self.stop().await;
         }
         if self.running.is_none() {
             let ip: IpAddr = if on_network { [0, 0, 0, 0].into() } else { [127, 0, 0, 1].into() };
             let code = on_network.then(new_code);
             let cfg = Config { listen: SocketAddr::new(ip, port), access_code: code.clone(), ..Config::default() };
             match Server::bind(cfg).await {
-                Ok(s) => {
-                    self.running = Some((s.spawn(), on_network));
-                    self.code = code;
-                }
-                // Another confab on this machine may already run it: fine for a call on this
-                // machine, but then we cannot host, and must say so rather than hand out an
-                // address that leads nowhere.
-                Err(_) if !on_network && is_confab(port).await => {
-                    return Ok(Endpoint { url: format!("ws://127.0.0.1:{port}/ws"), share: Vec::new() });
-                }
-                Err(e) if on_network && is_confab(port).await => {
-                    tracing::warn!(error = %e, "cannot host: another confab holds the port");
-                    return Err(format!(
-                        "Cannot host on your network: another confab on this computer already uses port {port}. \
-                         Close it, or join its call instead."
-                    ));
-                }
+                Ok(s) => self.running = Some(Running { handle: s.spawn(), code }),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the built-in server");
-                    return Err(format!(
-                        "Cannot start the built-in server: port {port} is in use by another program. \
-                         Close that program, or enter a server address instead."
-                    ));
+                    // Another confab on this machine may already run it: fine for a call on
+                    // this machine, but then we cannot host, and must say so rather than
+                    // hand out an address that leads nowhere.
+                    let other_confab = is_confab(port).await;
+                    tracing::warn!(error = %e, other_confab, "cannot start the built-in server");
+                    return match (other_confab, on_network) {
+                        (true, false) => Ok(Endpoint { url: format!("ws://127.0.0.1:{port}/ws"), share: Vec::new() }),
+                        (true, true) => Err(format!(
+                            "Cannot host on your network: another confab on this computer already uses port {port}. \
+                             Close it, or join its call instead."
+                        )),
+                        (false, _) => Err(format!(
+                            "Cannot start the built-in server: port {port} is in use by another program. \
+                             Close that program, or enter a server address instead."
+                        )),
+                    };
                 }
             }
         }
-        let share = match (&self.code, on_network) {
-            (Some(code), true) => lan_addresses().iter().map(|ip| format!("ws://{ip}:{port}/ws?code={code}")).collect(),
-            _ => Vec::new(),
+        let share = match self.running.as_ref().and_then(|r| r.code.as_ref()) {
+            Some(code) => lan_addresses().iter().map(|ip| format!("ws://{ip}:{port}/ws?code={code}")).collect(),
+            None => Vec::new(),
         };
         Ok(Endpoint { url: format!("ws://127.0.0.1:{port}/ws"), share })
     }
 
     pub async fn stop(&mut self) {
-        self.code = None;
-        if let Some((h, _)) = self.running.take() {
-            h.shutdown().await;
+        if let Some(r) = self.running.take() {
+            r.handle.shutdown().await;
         }
     }
 }

@@ -35,6 +35,16 @@ def join(app, name, room, server):
     app.driver.find_element(By.ID, "join-button").click()
 
 
+def host_on_network(app, name, room):
+    """Join `room` on the built-in server with Host on my network ticked."""
+    fill(app, "display-name", name)
+    fill(app, "room-name", room)
+    open_server_settings(app)
+    fill(app, "server-url", "built-in")
+    app.driver.find_element(By.ID, "host-network").click()
+    app.driver.find_element(By.ID, "join-button").click()
+
+
 def open_server_settings(app):
     """Opens "Server and password" (a click on an open one would close it)."""
     if not app.js("return document.querySelector('details.more').open;"):
@@ -189,12 +199,7 @@ def test_a_web_page_cannot_join_the_built_in_server_but_the_app_can(app_factory,
 def test_hosting_on_the_network_needs_the_access_code(app_factory, peers, tmp_path):
     port = free_port()
     host = app_factory(env={**profile(tmp_path, "ada"), "CONFAB_BUILTIN_PORT": str(port)})
-    fill(host, "display-name", "Ada")
-    fill(host, "room-name", "lan-room")
-    open_server_settings(host)
-    fill(host, "server-url", "built-in")
-    host.driver.find_element(By.ID, "host-network").click()
-    host.driver.find_element(By.ID, "join-button").click()
+    host_on_network(host, "Ada", "lan-room")
     in_call(host, "the host")
     host.wait_for("!document.getElementById('share-line').hidden", why="no address for others")
     share = host.js("return document.getElementById('share-line').textContent;")
@@ -229,12 +234,7 @@ def test_a_port_in_use_is_said_on_screen(app_factory, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         app = app_factory(env={**profile(tmp_path, "ada"), "CONFAB_BUILTIN_PORT": str(port)})
-        fill(app, "display-name", "Ada")
-        fill(app, "room-name", "busy")
-        open_server_settings(app)
-        fill(app, "server-url", "built-in")
-        app.driver.find_element(By.ID, "host-network").click()
-        app.driver.find_element(By.ID, "join-button").click()
+        host_on_network(app, "Ada", "busy")
         app.wait_for(f"document.getElementById('join-error').textContent.includes('port {port}')", timeout=20,
                      why="a port in use was not said on screen")
 
