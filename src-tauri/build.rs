@@ -16,7 +16,7 @@ fn main() {
         "set_audio_processing",
         "switch_device",
         "send_chat",
-        "frame_done",
+        "frame_stream",
         "tile_counts",
         "set_tile_size",
         "watch_links",

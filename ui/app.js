@@ -1,6 +1,7 @@
 // confab's page: the join screen, the call screen and the wiring to the Rust backend. All
 // media lives in Rust; this page draws the frames it is sent and shows the call's events.
-import { Tile, parseFrame } from './tiles.js';
+import { Tile, pickRenderer } from './tiles.js';
+import { FrameStream } from './frames.js';
 import { Chat } from './chat.js';
 
 const { invoke, Channel } = window.__TAURI__.core;
@@ -20,18 +21,13 @@ function toast(text, bad = false) {
   setTimeout(() => t.remove(), 4000);
 }
 
-/** A frame channel that draws into whatever tile the frame names, then acks it. */
-function frameChannel() {
-  const ch = new Channel();
-  ch.onmessage = (buf) => {
-    const f = parseFrame(buf instanceof ArrayBuffer ? buf : new Uint8Array(buf).buffer);
-    if (!f) return;
-    const tile = f.id === 'self' ? (state.screen === 'call' ? state.selfTile : state.previewTile) : state.peers.get(f.id)?.tile;
-    if (tile) tile.draw(f);
-    invoke('frame_done', { tile: f.id }).catch(() => {});
-  };
-  return ch;
-}
+// Every tile's frames come through one stream, for the page's whole life.
+const frameStream = new FrameStream(async () => {
+  const { url, renderer } = await invoke('frame_stream');
+  return { url, format: pickRenderer(renderer) === 'webgl' ? 'i420' : 'rgba' };
+}, (id) => (id === 'self'
+  ? (state.screen === 'call' ? state.selfTile : state.previewTile)
+  : state.peers.get(id)?.tile));
 const reportSize = (id, width, height) => invoke('set_tile_size', { tile: id, width, height }).catch(() => {});
 
 // ---------- sound processing (join screen and Settings) ----------
@@ -126,7 +122,7 @@ async function startPreview() {
   state.previewTile.el.classList.remove('has-video');
   state.previewTile.setMedia({ camera: cam !== 'none' });
   try {
-    await invoke('start_preview', { camera: cam, frames: frameChannel() });
+    await invoke('start_preview', { camera: cam });
   } catch (e) {
     showJoinError(String(e));
   }
@@ -180,7 +176,7 @@ async function join(trust = null) {
   chat.reset(null);
   state.joining = true;
   try {
-    const joined = await invoke('join', { req, events, frames: frameChannel() });
+    const joined = await invoke('join', { req, events });
     state.me = joined.peer_id;
     chat.me = joined.peer_id;
     if (joined.share.length) {

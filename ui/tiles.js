@@ -1,5 +1,7 @@
-// One tile per participant: a canvas drawn from I420 frames that Rust already scaled to the
-// tile's size. WebGL converts YUV to RGB on the GPU; a 2D-canvas path is the fallback.
+// One tile per participant: a canvas drawn from frames that Rust already scaled to the tile's
+// size. With a GPU, frames come as I420 and WebGL converts them to RGB; with software GL
+// (llvmpipe, no GPU), that costs more than it saves, so frames come as RGBA (converted in
+// Rust with SIMD) and a 2D canvas takes them as they are.
 
 const VERT = `attribute vec2 p; varying vec2 v;
 void main() { v = vec2((p.x + 1.0) / 2.0, (1.0 - p.y) / 2.0); gl_Position = vec4(p, 0.0, 1.0); }`;
@@ -37,7 +39,7 @@ class GLRenderer {
     });
     this.gl = gl; this.canvas = canvas;
   }
-  draw(w, h, y, u, v) {
+  draw({ w, h, y, u, v }) {
     const gl = this.gl, cw = (w + 1) >> 1, ch = (h + 1) >> 1;
     if (this.canvas.width !== w || this.canvas.height !== h) { this.canvas.width = w; this.canvas.height = h; }
     gl.viewport(0, 0, w, h);
@@ -50,35 +52,20 @@ class GLRenderer {
 }
 
 class CanvasRenderer {
-  constructor(canvas) { this.canvas = canvas; this.ctx = canvas.getContext('2d'); }
-  draw(w, h, y, u, v) {
+  constructor(canvas) { this.canvas = canvas; this.ctx = canvas.getContext('2d', { alpha: false }); }
+  draw({ w, h, rgba }) {
     if (this.canvas.width !== w || this.canvas.height !== h) { this.canvas.width = w; this.canvas.height = h; }
-    const img = this.ctx.createImageData(w, h), d = img.data, cw = (w + 1) >> 1;
-    for (let r = 0; r < h; r++) {
-      for (let c = 0; c < w; c++) {
-        const Y = 1.1643 * (y[r * w + c] - 16), U = u[(r >> 1) * cw + (c >> 1)] - 128, V = v[(r >> 1) * cw + (c >> 1)] - 128;
-        const o = (r * w + c) * 4;
-        d[o] = Y + 1.5958 * V; d[o + 1] = Y - 0.39173 * U - 0.8129 * V; d[o + 2] = Y + 2.017 * U; d[o + 3] = 255;
-      }
-    }
-    this.ctx.putImageData(img, 0, 0);
+    this.ctx.putImageData(new ImageData(rgba, w, h), 0, 0);
   }
 }
 
-/** Parses one frame message (see src-tauri/src/frames.rs for the layout). */
-export function parseFrame(buf) {
-  const dv = new DataView(buf);
-  if (dv.getUint8(0) !== 1) return null;
-  const idLen = dv.getUint8(1);
-  const id = new TextDecoder().decode(new Uint8Array(buf, 2, idLen));
-  let o = 2 + idLen;
-  const w = dv.getUint16(o, true), h = dv.getUint16(o + 2, true), frameNo = dv.getUint32(o + 4, true);
-  o += 8;
-  const ys = w * h, cs = ((w + 1) >> 1) * ((h + 1) >> 1);
-  return {
-    id, w, h, frameNo: frameNo === 0xffffffff ? null : frameNo,
-    y: new Uint8Array(buf, o, ys), u: new Uint8Array(buf, o + ys, cs), v: new Uint8Array(buf, o + ys + cs, cs),
-  };
+/** The renderer Rust chose for this machine (src-tauri/src/rendering.rs: the page cannot
+ *  tell a GPU from software GL, WebKit calls both "Apple GPU"), or '2d' without WebGL. */
+export function pickRenderer(chosen) {
+  if (chosen !== 'webgl') return '2d';
+  const gl = document.createElement('canvas').getContext('webgl');
+  gl?.getExtension('WEBGL_lose_context')?.loseContext();
+  return gl ? 'webgl' : '2d';
 }
 
 // Letters of words only: "Ada (you)" is "A", not "A(".
@@ -99,9 +86,6 @@ export class Tile {
       <div class="label"><span class="mic-off badge-ico ico ico-mic" hidden></span><span class="cam-off badge-ico ico ico-cam" hidden></span><span class="name"></span></div>`;
     this.el = el; this.canvas = el.querySelector('canvas');
     this.setName(name);
-    try { this.renderer = new GLRenderer(this.canvas); this.el.dataset.renderer = "webgl"; } catch {
-      this.renderer = new CanvasRenderer(this.canvas); this.el.dataset.renderer = '2d';
-    }
     if (onResize) {
       this.observer = new ResizeObserver(() => {
         const dpr = window.devicePixelRatio || 1;
@@ -138,7 +122,16 @@ export class Tile {
     s.hidden = !text; s.textContent = text || '';
   }
   draw(f) {
-    this.renderer.draw(f.w, f.h, f.y, f.u, f.v);
+    // The renderer follows the pixels: a canvas that had a 2D context cannot get a WebGL one,
+    // so a change (the first frame, or the page's choice arriving) gets a fresh canvas.
+    if (this.format !== f.format) {
+      const canvas = document.createElement('canvas');
+      this.canvas.replaceWith(canvas);
+      this.canvas = canvas; this.format = f.format;
+      this.renderer = f.format === 'i420' ? new GLRenderer(canvas) : new CanvasRenderer(canvas);
+      this.el.dataset.renderer = f.format === 'i420' ? 'webgl' : '2d';
+    }
+    this.renderer.draw(f);
     this.framesDrawn++;
     this.el.dataset.framesDrawn = String(this.framesDrawn);
     if (!this.cameraOff) this.el.classList.add('has-video');

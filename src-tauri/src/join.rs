@@ -2,18 +2,15 @@
 //! that Leave (or closing the window) cancels before it completes, a server's certificate
 //! trusted on first use, and engine errors said the way the join screen should say them.
 
-use std::sync::Arc;
-
 use confab_engine::devices::{self, VideoSpec};
 use confab_engine::signaling::SignalError;
 use confab_engine::{Call, CallConfig, CallEvent, TlsOptions};
 use confab_proto::{limits, PeerId};
 use serde::{Deserialize, Serialize};
-use tauri::ipc::{Channel, InvokeResponseBody};
+use tauri::ipc::Channel;
 use tauri::State;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::FrameForwarder;
 use crate::invite::Invite;
 use crate::settings::{self, Settings, BUILT_IN};
 use crate::{audio_spec, sink_spec, stop_mic_test_inner, stop_preview_inner, video_spec, Active, AppState};
@@ -120,7 +117,6 @@ pub async fn join(
     state: State<'_, AppState>,
     req: JoinRequest,
     events: Channel<serde_json::Value>,
-    frames: Channel<InvokeResponseBody>,
 ) -> Result<Joined, JoinFailure> {
     let name = check_text("display name", &req.name, limits::MAX_DISPLAY_NAME_CHARS)?;
     let room = check_text("room name", &req.room, limits::MAX_ROOM_NAME_CHARS)?;
@@ -134,7 +130,7 @@ pub async fn join(
     let id = state.next_join.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (_done, done) = tokio::sync::oneshot::channel::<()>();
     *state.joining.lock().unwrap() = Some(Joining { id, cancel: cancel.clone(), done });
-    let r = join_call(&state, &req, name, room, password, server_setting, events, frames, &cancel).await;
+    let r = join_call(&state, &req, name, room, password, server_setting, events, &cancel).await;
     let mut slot = state.joining.lock().unwrap();
     if slot.as_ref().is_some_and(|j| j.id == id) {
         *slot = None;
@@ -151,7 +147,6 @@ async fn join_call(
     password: Option<String>,
     server_setting: String,
     events: Channel<serde_json::Value>,
-    frames: Channel<InvokeResponseBody>,
     cancel: &CancellationToken,
 ) -> Result<Joined, JoinFailure> {
     let built_in = server_setting.is_empty() || server_setting == BUILT_IN;
@@ -192,8 +187,7 @@ async fn join_call(
     cfg.self_view = true;
     cfg.udp_bind = vec![format!("{}:0", state.udp_bind)];
     cfg.tls = tls.clone();
-    let fwd = Arc::new(FrameForwarder::new(frames));
-    *state.frames.lock().unwrap() = Some(fwd.clone());
+    let fwd = state.frames.clone();
     let mut call = match Call::join_until(cfg, fwd.clone(), cancel.clone()).await {
         Ok(call) => call,
         Err(confab_engine::CallError::Cancelled) => return Err(JoinFailure::cancelled()),

@@ -5,10 +5,12 @@
 #![cfg_attr(all(not(debug_assertions), target_os = "windows"), windows_subsystem = "windows")]
 
 mod builtin;
+mod frame_stream;
 mod frames;
 mod invite;
 mod join;
 mod links;
+mod rendering;
 mod settings;
 
 use std::path::PathBuf;
@@ -20,11 +22,11 @@ use confab_engine::devices::{self, AudioSpec, DeviceInfo, DeviceKind, SinkSpec, 
 use confab_engine::worker::Worker;
 use confab_engine::{CallController, DecodedFrame, FrameSink};
 use confab_proto::{limits, PeerId};
-use frames::FrameForwarder;
+use frames::FrameHub;
 use join::{friendly, leave_inner};
 use serde::Serialize;
 use settings::Settings;
-use tauri::ipc::{Channel, InvokeResponseBody};
+use tauri::ipc::Channel;
 use tauri::{Manager, State};
 use tauri_plugin_deep_link::DeepLinkExt;
 
@@ -66,8 +68,12 @@ pub(crate) struct AppState {
     preview: Mutex<Option<Worker>>,
     /// The join screen's microphone test (its level meter).
     mic_test: Mutex<Option<Worker>>,
-    /// Where frames go now (the preview's or the call's forwarder).
-    frames: Mutex<Option<Arc<FrameForwarder>>>,
+    /// Where every frame for the page goes (the preview's and the call's).
+    frames: Arc<FrameHub>,
+    /// How the page draws (decided at startup).
+    rendering: rendering::Rendering,
+    /// The page's frame stream, started when the page first asks for it.
+    frame_stream: tokio::sync::OnceCell<frame_stream::FrameStream>,
     builtin: tokio::sync::Mutex<builtin::BuiltIn>,
     /// `CONFAB_SYNTHETIC_DEVICES=1`: offer the synthetic camera and microphone.
     synthetic: bool,
@@ -141,11 +147,7 @@ pub(crate) fn video_spec(id: &str, synthetic: bool) -> VideoSpec {
 
 /// Shows the chosen camera on the join screen until Join (or another choice).
 #[tauri::command]
-async fn start_preview(
-    state: State<'_, AppState>,
-    camera: String,
-    frames: Channel<InvokeResponseBody>,
-) -> Result<(), String> {
+async fn start_preview(state: State<'_, AppState>, camera: String) -> Result<(), String> {
     stop_preview_inner(&state);
     let spec = video_spec(&camera, state.synthetic);
     // Opening a camera takes a while (the driver negotiates a mode): not on the UI thread.
@@ -159,8 +161,7 @@ async fn start_preview(
     };
     // Another choice, or Join, may have come meanwhile and started its own preview.
     stop_preview_inner(&state);
-    let fwd = Arc::new(FrameForwarder::new(frames));
-    *state.frames.lock().unwrap() = Some(fwd.clone());
+    let fwd = state.frames.clone();
     let preview = Worker::spawn("preview", move |stop| {
         let me = PeerId(confab_engine::SELF_TILE.into());
         while !stop.is_set() {
@@ -329,38 +330,42 @@ async fn send_chat(state: State<'_, AppState>, text: String) -> Result<(), Strin
     }
 }
 
+#[derive(Serialize)]
+struct FrameStreamInfo {
+    url: String,
+    /// How tiles draw: webgl (I420) or 2d (RGBA); see rendering.rs.
+    renderer: &'static str,
+}
+
+/// Where the page reads its frames from (see frame_stream.rs).
 #[tauri::command]
-fn frame_done(state: State<'_, AppState>, tile: String) {
-    if let Some(f) = state.frames.lock().unwrap().as_ref() {
-        f.frame_done(&tile);
-    }
+async fn frame_stream(state: State<'_, AppState>) -> Result<FrameStreamInfo, String> {
+    let hub = state.frames.clone();
+    let stream = state
+        .frame_stream
+        .get_or_try_init(|| frame_stream::FrameStream::start(hub))
+        .await
+        .map_err(|e| format!("cannot open the frame stream on loopback: {e}"))?;
+    Ok(FrameStreamInfo { url: stream.url.clone(), renderer: state.rendering.renderer.as_str() })
 }
 
 /// Frames sent to each tile and frames dropped before the page could draw them.
 #[tauri::command]
 fn tile_counts(state: State<'_, AppState>) -> std::collections::HashMap<String, (u64, u64)> {
-    state.frames.lock().unwrap().as_ref().map(|f| f.counts()).unwrap_or_default()
+    state.frames.counts()
 }
 
 #[tauri::command]
 fn set_tile_size(state: State<'_, AppState>, tile: String, width: u32, height: u32) {
-    if let Some(f) = state.frames.lock().unwrap().as_ref() {
-        f.set_tile_size(&tile, width, height);
-    }
+    state.frames.set_tile_size(&tile, width, height);
 }
 
 fn main() {
     let cli = Cli::parse();
-    // WebKitGTK's accelerated compositing falls back to software GL where there is no GPU
-    // (and under Xvfb), and then costs 3-4x the CPU of plain drawing for our 30 fps tiles
-    // (measured: 138% vs 25% of a core for one 720p tile). Opt back in with
-    // CONFAB_WEBKIT_COMPOSITING=1.
-    if std::env::var_os("CONFAB_WEBKIT_COMPOSITING").is_none()
-        && std::env::var_os("WEBKIT_DISABLE_COMPOSITING_MODE").is_none()
-    {
-        std::env::set_var("WEBKIT_DISABLE_COMPOSITING_MODE", "1");
-    }
+    // Before anything starts a thread (and WebKit, which reads its variable once).
+    let rendering = rendering::apply();
     confab_engine::init_logging();
+    tracing::info!(renderer = rendering.renderer.as_str(), compositing = rendering.compositing, "rendering");
     let synthetic = std::env::var("CONFAB_SYNTHETIC_DEVICES").map(|v| v == "1").unwrap_or(false);
     let udp_bind = std::env::var("CONFAB_UDP_BIND").unwrap_or_else(|_| "0.0.0.0".into());
     let app = tauri::Builder::default()
@@ -383,7 +388,9 @@ fn main() {
                 call: tokio::sync::Mutex::new(None),
                 preview: Mutex::new(None),
                 mic_test: Mutex::new(None),
-                frames: Mutex::new(None),
+                frames: Arc::default(),
+                frame_stream: tokio::sync::OnceCell::new(),
+                rendering,
                 builtin: tokio::sync::Mutex::new(builtin::BuiltIn::default()),
                 synthetic,
                 udp_bind: udp_bind.clone(),
@@ -421,7 +428,7 @@ fn main() {
             set_audio_processing,
             switch_device,
             send_chat,
-            frame_done,
+            frame_stream,
             tile_counts,
             set_tile_size,
             links::watch_links,

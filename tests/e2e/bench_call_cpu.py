@@ -8,11 +8,19 @@ drawn per second per remote tile and frames dropped before the page drew them.
     cargo build --release -p confab -p confab-signal -p confab-peer
     CONFAB_E2E_PROFILE=release target/e2e-venv/bin/python tests/e2e/bench_call_cpu.py [--secs 10] [--tiles 1,3,5]
 
-Figures, not assertions. The peers' own CPU is not counted.
+Last, the anchor: Chromium doing the same two-way call with the same layout, in the same run
+(crates/confab-peer/tests/interop/run.mjs --headed: fake camera at 1280x720 30 fps,
+maintain-resolution, a self view and a remote <video> at the app's tile size, software
+compositing, in a window on the same Xvfb), against one 720p confab-peer. Needs `npm ci` in
+that folder (scripts/test does it); --no-anchor skips it.
+
+Figures, not assertions. The peers' own CPU is not counted; "the whole machine" says when
+they starve everything else (2 cores: 3 or more extra peers do).
 """
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +35,72 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 REMOTE = "[data-tile]:not([data-peer-id='self'])"
+
+
+INTEROP = c.ROOT / "crates/confab-peer/tests/interop"
+
+
+def chromium_pids():
+    """Chromium's processes by role (--type=renderer, gpu-process, utility...; none: the
+    browser process)."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if not (p / "comm").read_text().startswith("chrom"):
+                continue
+            # Zygote children rewrite their command line into one string: search it whole.
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        m = re.search(r"--type=(\S+)", cmd)
+        role = m.group(1) if m else "browser"
+        out[int(p.name)] = role
+    return out
+
+
+def proc_cpu(pids):
+    """CPU seconds so far per role of `pids` ({pid: role})."""
+    total = defaultdict(float)
+    for pid, role in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        total[role] += (int(f[11]) + int(f[12])) / TICK
+    return total
+
+
+def anchor(url, page_port, size, secs):
+    """Chromium in the same call: CPU-seconds per minute of its processes, by role. The
+    server lets in pages from http://127.0.0.1:`page_port` only."""
+    node = subprocess.Popen(["node", str(INTEROP / "run.mjs"), "--server", url, "--room", "anchor",
+                             "--page-port", str(page_port),
+                             "--duration", str(int(secs + 25)), "--size", "1280x720", "--tile", f"{size[0]}x{size[1]}",
+                             "--headed"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peer = None
+    try:
+        for line in node.stdout:
+            if "chromium_ready" in line:
+                break
+        peer = c.Peer(url, "anchor", "anchor-peer", "--size", "1280x720", "--duration", "600", "--stats")
+        peer.wait(lambda e: e.get("type") == "first_frame", timeout=30, why="the anchor call never showed a frame")
+        time.sleep(6)
+        pids = chromium_pids()
+        before, t0 = proc_cpu(pids), time.time()
+        time.sleep(secs)
+        after, dt = proc_cpu(pids), time.time() - t0
+        stats = [e["stats"] for e in peer.find(lambda e: e.get("type") == "stats" and "stats" in e)]
+        # What Chromium really sent: a starved encoder would make the anchor cheap.
+        fps = stats[-1].get("fps_received", 0) if stats else 0
+        return {role: 60 * (after[role] - before.get(role, 0.0)) / dt for role in after}, fps
+    finally:
+        if peer:
+            peer.stop()
+        node.terminate()
+        node.wait()
 
 
 def app_pids():
@@ -60,17 +134,25 @@ def thread_cpu():
     return total
 
 
+def machine_busy():
+    """CPU-seconds the whole machine spent busy so far (every process: the peers too)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / TICK
+
+
 def measure(secs, app=None):
     """CPU-seconds per minute over `secs`: per process, and the busiest threads."""
-    before, t0 = thread_cpu(), time.time()
+    before, busy0, t0 = thread_cpu(), machine_busy(), time.time()
     drawn0 = tiles_drawn(app) if app else {}
     time.sleep(secs)
     after, dt = thread_cpu(), time.time() - t0
+    per_proc_machine = 60 * (machine_busy() - busy0) / dt
     drawn1 = tiles_drawn(app) if app else {}
     per_thread = {k: 60 * (after[k] - before.get(k, 0.0)) / dt for k in after}
     per_proc = defaultdict(float)
     for (proc, _), v in per_thread.items():
         per_proc[proc] += v
+    print(f"    (the whole machine: {per_proc_machine:.0f} of {60 * os.cpu_count()} CPU-s/min busy)")
     fps = {t: (drawn1[t] - drawn0.get(t, 0)) / dt for t in drawn1}
     return per_proc, per_thread, fps
 
@@ -98,6 +180,7 @@ def main():
     # The first peer always sends 720p (the two-way 720p call); on 2 cores, more 720p
     # senders on the same machine starve the app, so the others send this size.
     ap.add_argument("--more-size", default="640x360")
+    ap.add_argument("--no-anchor", action="store_true", help="skip Chromium's same call")
     args = ap.parse_args()
     os.environ.update({"CONFAB_SYNTHETIC_DEVICES": "1", "CONFAB_UDP_BIND": "127.0.0.1"})
     c.ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -105,8 +188,9 @@ def main():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     os.environ["DISPLAY"] = ":78"
-    port = c.free_port()
-    sig = subprocess.Popen([str(c.SIGNAL), "--listen", f"127.0.0.1:{port}", "--max-peers", "8"],
+    port, page_port = c.free_port(), c.free_port()
+    sig = subprocess.Popen([str(c.SIGNAL), "--listen", f"127.0.0.1:{port}", "--max-peers", "8",
+                            "--allow-origin", f"http://127.0.0.1:{page_port}"],
                            stdout=subprocess.DEVNULL)
     c.wait_port(port)
     url = f"ws://127.0.0.1:{port}/ws"
@@ -127,6 +211,7 @@ def main():
         e.send_keys(url)
         app.driver.find_element(By.ID, "join-button").click()
         app.wait_for("!document.getElementById('call-screen').hidden")
+        call_size = None
         for n in [int(x) for x in args.tiles.split(",")]:
             while len(peers) < n:
                 size = "1280x720" if not peers else args.more_size
@@ -143,6 +228,18 @@ def main():
             dropped = sum(counts1[t][1] - counts0.get(t, [0, 0])[1] for t in counts1 if t != "self")
             report(f"720p call, self view + {n} remote tile(s) at {size[0]}x{size[1]}", per_proc, per_thread, fps,
                    dropped)
+            call_size = call_size or size
+        for p in peers:
+            p.stop()
+        peers.clear()
+        app.driver.find_element(By.ID, "leave-button").click()
+        if call_size and not args.no_anchor:
+            roles, fps = anchor(url, page_port, call_size, args.secs)
+            total = sum(roles.values())
+            detail = ", ".join(f"{r} {v:.1f}" for r, v in sorted(roles.items(), key=lambda x: -x[1]) if v >= 0.1)
+            print(f"anchor: Chromium, the same 720p call, self view + 1 remote <video> at {call_size[0]}x{call_size[1]}: "
+                  f"{total:.1f} CPU-s/min ({detail}); renderer + GPU process: "
+                  f"{roles.get('renderer', 0) + roles.get('gpu-process', 0):.1f}; its video reached the peer at {fps:.0f} fps")
     finally:
         for p in peers:
             p.stop()

@@ -54,6 +54,32 @@ impl I420Frame {
         (&self.data[..ys], &self.data[ys..ys + cs], &self.data[ys + cs..ys + 2 * cs])
     }
 
+    /// Appends this picture as RGBA (BT.601, limited range, SIMD) to `out`: what a page that
+    /// draws with a 2D canvas takes as it is.
+    pub fn append_rgba(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + self.width as usize * self.height as usize * 4, 255);
+        let (y, u, v) = self.planes();
+        let planar = yuv::YuvPlanarImage {
+            y_plane: y,
+            y_stride: self.width,
+            u_plane: u,
+            u_stride: self.chroma_width() as u32,
+            v_plane: v,
+            v_stride: self.chroma_width() as u32,
+            width: self.width,
+            height: self.height,
+        };
+        // Only fails on planes that do not match the size, which this type rules out.
+        let _ = yuv::yuv420_to_rgba(
+            &planar,
+            &mut out[start..],
+            self.width * 4,
+            yuv::YuvRange::Limited,
+            yuv::YuvStandardMatrix::Bt601,
+        );
+    }
+
     /// A copy scaled to `width` x `height` (bilinear, SIMD), stretching if the aspect
     /// differs. Used to send the UI only the pixels a tile shows.
     pub fn scaled(&self, width: u32, height: u32) -> I420Frame {

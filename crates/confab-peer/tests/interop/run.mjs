@@ -5,6 +5,9 @@
 //   node run.mjs --server ws://127.0.0.1:8787/ws --room r --duration 10 [--page-port 8788]
 //   node run.mjs --server ... --room r --probe    prints {"type":"chromium_outcome",
 //                                                 "outcome":"joined"|"refused"} and exits
+//   node run.mjs ... --size 1280x720 --tile 576x323 --headed
+//       the call-screen benchmark's anchor: that camera size, a self view and the remote
+//       video drawn at the tile's size, in a window on $DISPLAY (software compositing)
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,9 +24,12 @@ const server = http.createServer((req, res) => { res.setHeader('content-type', '
 // A known port gives the page a known origin (http://127.0.0.1:PORT) for --allow-origin.
 await new Promise((r) => server.listen(Number(args['page-port'] || 0), '127.0.0.1', r));
 const url = `http://127.0.0.1:${server.address().port}/?server=${encodeURIComponent(args.server)}` +
-  `&room=${encodeURIComponent(args.room)}&name=${encodeURIComponent(args.name || 'Chromium')}`;
+  `&room=${encodeURIComponent(args.room)}&name=${encodeURIComponent(args.name || 'Chromium')}` +
+  (args.size ? `&width=${args.size.split('x')[0]}&height=${args.size.split('x')[1]}` : '') +
+  (args.tile ? `&tile=${args.tile}` : '');
 
 const browser = await chromium.launch({
+  headless: !process.argv.includes('--headed'),
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
     '--allow-loopback-in-peer-connection', '--disable-gpu', '--disable-background-networking',
