@@ -294,10 +294,11 @@ function removePeer(id) {
   toast(`${p.name} left`);
 }
 
-function fmtStats(s) {
+function fmtStats(s, tile) {
   const f = (v, d = 0) => (v == null ? '–' : Number(v).toFixed(d));
   return `${f(s.fps_received)} fps in · ${f(s.fps_sent)} out\n${f(s.bitrate_in_kbps)} kb/s in · ${f(s.bitrate_out_kbps)} out\n`
-    + `rtt ${f(s.rtt_ms)} ms · lost ${s.packets_lost}\njitter ${f(s.jitter_ms, 1)} ms · ${s.candidate_type || '…'}`;
+    + `rtt ${f(s.rtt_ms)} ms · lost ${s.packets_lost}\njitter ${f(s.jitter_ms, 1)} ms · ${s.candidate_type || '…'}`
+    + (tile?.reduced ? '\nshown at half rate (many tiles, not speaking)' : '');
 }
 
 /// The server-link banner: `text` shows it, null hides it.
@@ -330,7 +331,7 @@ function onEvent(ev) {
     case 'chat': chat.add(ev); break;
     case 'stats': {
       const p = state.peers.get(ev.stats.peer_id); if (!p) break;
-      p.stats = ev.stats; p.tile.setStats(state.showStats ? fmtStats(ev.stats) : '');
+      p.stats = ev.stats; p.tile.setStats(state.showStats ? fmtStats(ev.stats, p.tile) : '');
       break;
     }
     case 'error': toast(ev.message, true); break;
@@ -402,7 +403,7 @@ async function toggleCamera() {
 function toggleStats() {
   state.showStats = !state.showStats;
   $('stats-button').setAttribute('aria-pressed', String(state.showStats));
-  for (const p of state.peers.values()) p.tile.setStats(state.showStats && p.stats ? fmtStats(p.stats) : '');
+  for (const p of state.peers.values()) p.tile.setStats(state.showStats && p.stats ? fmtStats(p.stats, p.tile) : '');
 }
 
 const SETTINGS_DEVICES = [['camera', 'Camera'], ['microphone', 'Microphone'], ['speaker', 'Speaker']];

@@ -6,14 +6,14 @@
 
 /** Parses one frame message (see src-tauri/src/frames.rs for the layout). */
 export function parseFrame(buf) {
-  const dv = new DataView(buf), format = dv.getUint8(0);
+  const dv = new DataView(buf), format = dv.getUint8(0) & 0x7f, reduced = (dv.getUint8(0) & 0x80) !== 0;
   if (format !== 1 && format !== 2) return null;
   const idLen = dv.getUint8(1);
   const id = new TextDecoder().decode(new Uint8Array(buf, 2, idLen));
   let o = 2 + idLen;
   const w = dv.getUint16(o, true), h = dv.getUint16(o + 2, true), frameNo = dv.getUint32(o + 4, true);
   o += 8;
-  const f = { id, w, h, frameNo: frameNo === 0xffffffff ? null : frameNo };
+  const f = { id, w, h, reduced, frameNo: frameNo === 0xffffffff ? null : frameNo };
   if (format === 2) return { ...f, format: 'rgba', rgba: new Uint8ClampedArray(buf, o, w * h * 4) };
   const ys = w * h, cs = ((w + 1) >> 1) * ((h + 1) >> 1);
   return {

@@ -132,6 +132,9 @@ export class Tile {
       this.el.dataset.renderer = f.format === 'i420' ? 'webgl' : '2d';
     }
     this.renderer.draw(f);
+    // Many tiles: Rust sends small, quiet ones at half rate (the stats say so).
+    this.reduced = f.reduced;
+    this.el.dataset.reduced = String(f.reduced);
     this.framesDrawn++;
     this.el.dataset.framesDrawn = String(this.framesDrawn);
     if (!this.cameraOff) this.el.classList.add('has-video');

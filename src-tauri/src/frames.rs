@@ -9,7 +9,8 @@
 //! `u8 format | u8 id length | id (UTF-8) | u16 width | u16 height | u32 frame number
 //! (0xFFFFFFFF if unstamped) | pixels`, where format 1 is I420 (`Y | U | V`, planes packed,
 //! chroma at half size rounded up) for pages that convert on the GPU, and format 2 is RGBA
-//! (converted here, with SIMD) for pages that draw with a 2D canvas.
+//! (converted here, with SIMD) for pages that draw with a 2D canvas. The format byte's top
+//! bit says the tile is shown at half rate (`REDUCED`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -44,6 +45,14 @@ impl PixelFormat {
 /// of its frames (3 remote tiles on 2 cores: 9.5 fps drawn of 30 decoded).
 const IN_FLIGHT: u8 = 2;
 
+/// With this many tiles on screen (self view included), small tiles of people who are not
+/// speaking get every other frame: 15 of 30 fps. The speaking one stays at full rate.
+const MANY_TILES: usize = 4;
+/// Smaller than this (device pixels) is small: a tile of a 2x2 grid in the default window.
+const SMALL_TILE: u32 = 640 * 360;
+/// The format byte's flag for a tile shown at half rate.
+pub const REDUCED: u8 = 0x80;
+
 /// Largest size sent for a tile whose size the page has not reported yet.
 const DEFAULT_TILE: (u32, u32) = (640, 360);
 
@@ -58,6 +67,18 @@ struct Tile {
     waiting_since: u64,
     sent: u64,
     replaced: u64,
+    speaking: bool,
+    /// Frames that came for this tile, to keep every other one at half rate.
+    arrived: u64,
+}
+
+/// What to do with a frame that just came for a tile.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Not shown (half rate): not even scaled.
+    Skip,
+    /// Scale it to fit `target`; `reduced` if the tile is at half rate.
+    Show { target: (u32, u32), reduced: bool },
 }
 
 /// Every tile's newest frame and whether the page is ready for another: plain data.
@@ -68,9 +89,25 @@ pub struct Mailboxes {
 }
 
 impl Mailboxes {
-    /// The size frames for `tile` are scaled to fit.
-    pub fn target(&self, tile: &str) -> (u32, u32) {
-        self.tiles.get(tile).and_then(|t| t.size).unwrap_or(DEFAULT_TILE)
+    /// A frame came for `tile`: whether to show it, and how big.
+    pub fn admit(&mut self, tile: &str) -> Admit {
+        let many = self.tiles.len() >= MANY_TILES;
+        let t = self.tiles.entry(tile.to_string()).or_default();
+        let target = t.size.unwrap_or(DEFAULT_TILE);
+        let small = target.0 * target.1 < SMALL_TILE;
+        let reduced = many && small && !t.speaking && tile != confab_engine::SELF_TILE;
+        t.arrived += 1;
+        if reduced && t.arrived % 2 == 0 {
+            return Admit::Skip;
+        }
+        Admit::Show { target, reduced }
+    }
+
+    /// Who is speaking now (from the call's voice levels).
+    pub fn set_speaking(&mut self, tile: &str, speaking: bool) {
+        if let Some(t) = self.tiles.get_mut(tile) {
+            t.speaking = speaking;
+        }
     }
 
     pub fn set_size(&mut self, tile: &str, width: u32, height: u32) {
@@ -181,8 +218,12 @@ impl FrameHub {
         self.boxes.lock().unwrap().counts()
     }
 
+    pub fn set_speaking(&self, tile: &str, speaking: bool) {
+        self.boxes.lock().unwrap().set_speaking(tile, speaking);
+    }
+
     pub fn push(&self, tile: &str, frame: &I420Frame, frame_no: Option<u32>) {
-        let target = self.boxes.lock().unwrap().target(tile);
+        let Admit::Show { target, reduced } = self.boxes.lock().unwrap().admit(tile) else { return };
         let (w, h) = fit(frame.width, frame.height, target);
         // Scaling happens here, on the decoder's (or camera's) thread, outside the lock.
         let scaled;
@@ -192,7 +233,10 @@ impl FrameHub {
             scaled = frame.scaled(w, h);
             &scaled
         };
-        let msg = encode(tile, frame, frame_no, self.format());
+        let mut msg = encode(tile, frame, frame_no, self.format());
+        if reduced {
+            msg[0] |= REDUCED;
+        }
         if self.boxes.lock().unwrap().offer(tile, msg) {
             self.ready.notify_one();
         }
@@ -324,12 +368,36 @@ mod tests {
         assert_eq!(m.take_ready(), Some(vec![9]));
     }
 
+    fn shown(m: &mut Mailboxes, tile: &str, n: usize) -> Vec<bool> {
+        (0..n).map(|_| matches!(m.admit(tile), Admit::Show { .. })).collect()
+    }
+
+    #[test]
+    fn with_many_tiles_small_quiet_ones_get_every_other_frame() {
+        let mut m = Mailboxes::default();
+        for t in ["self", "a", "b"] {
+            m.set_size(t, 576, 323);
+        }
+        assert_eq!(shown(&mut m, "a", 4), [true; 4], "three tiles are not many");
+        m.set_size("c", 576, 323);
+        assert_eq!(m.admit("a"), Admit::Show { target: (576, 323), reduced: true });
+        assert_eq!(shown(&mut m, "a", 4), [false, true, false, true]);
+        assert_eq!(shown(&mut m, "self", 4), [true; 4], "our own view stays at full rate");
+        m.set_speaking("a", true);
+        assert_eq!(shown(&mut m, "a", 4), [true; 4], "the speaker stays at full rate");
+        m.set_speaking("a", false);
+        m.set_size("b", 1280, 720);
+        assert_eq!(shown(&mut m, "b", 4), [true; 4], "a big tile stays at full rate");
+        m.remove("c");
+        assert_eq!(shown(&mut m, "a", 4), [true; 4]);
+    }
+
     #[test]
     fn sizes_survive_and_removed_tiles_are_forgotten() {
         let mut m = Mailboxes::default();
-        assert_eq!(m.target("a"), DEFAULT_TILE);
+        assert_eq!(m.admit("a"), Admit::Show { target: DEFAULT_TILE, reduced: false });
         m.set_size("a", 5000, 4);
-        assert_eq!(m.target("a"), (3840, 16));
+        assert_eq!(m.admit("a"), Admit::Show { target: (3840, 16), reduced: false });
         m.offer("a", vec![1]);
         m.remove("a");
         assert_eq!(m.take_ready(), None);

@@ -230,8 +230,14 @@ async fn join_call(
     }
     let pump = tauri::async_runtime::spawn(async move {
         while let Some(ev) = call.next_event().await {
-            if let CallEvent::PeerLeft { peer_id } = &ev {
-                fwd.remove(peer_id.as_str());
+            match &ev {
+                CallEvent::PeerLeft { peer_id } => fwd.remove(peer_id.as_str()),
+                CallEvent::Levels { levels } => {
+                    for l in levels {
+                        fwd.set_speaking(l.peer_id.as_str(), l.speaking);
+                    }
+                }
+                _ => {}
             }
             let end = matches!(ev, CallEvent::Ended { .. });
             if let Ok(v) = serde_json::to_value(&ev) {
