@@ -172,12 +172,13 @@ def app_factory(display):
 class Peer:
     """A confab-peer process whose JSON events are collected as they arrive."""
 
-    def __init__(self, server, room, name, *extra):
+    def __init__(self, server, room, name, *extra, wrapper=()):
+        """`wrapper` runs it through another command (the benchmark's `nice`)."""
         # Once-a-second stats only when asked for ("--stats").
         quiet = [] if "--stats" in extra else ["--quiet-stats"]
         extra = [e for e in extra if e != "--stats"]
         self.proc = subprocess.Popen(
-            [str(PEER), "--server", server, "--room", room, "--name", name, "--bind", "127.0.0.1",
+            [*wrapper, str(PEER), "--server", server, "--room", room, "--name", name, "--bind", "127.0.0.1",
              *([] if "--size" in extra else ["--size", "640x360"]), *quiet, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.events = []
