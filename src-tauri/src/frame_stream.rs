@@ -81,6 +81,8 @@ async fn accept_loop(listener: TcpListener, path: String, hub: Arc<FrameHub>, st
 }
 
 async fn handshake(tcp: TcpStream, path: &str) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    // The callback's type is tungstenite's; its large error is built once per refusal.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         match admit(req.uri().path(), req.headers().get("origin").and_then(|o| o.to_str().ok()), path) {
             Ok(()) => Ok(resp),

@@ -97,7 +97,7 @@ impl Mailboxes {
         let small = target.0 * target.1 < SMALL_TILE;
         let reduced = many && small && !t.speaking && tile != confab_engine::SELF_TILE;
         t.arrived += 1;
-        if reduced && t.arrived % 2 == 0 {
+        if reduced && t.arrived.is_multiple_of(2) {
             return Admit::Skip;
         }
         Admit::Show { target, reduced }
