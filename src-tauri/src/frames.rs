@@ -158,6 +158,12 @@ impl Mailboxes {
         self.tiles.remove(tile);
     }
 
+    /// A new call: the last call's people are gone (a call that ended tells no one left), and
+    /// must not count as tiles on screen. Our own view stays.
+    pub fn forget_peers(&mut self) {
+        self.tiles.retain(|k, _| k == confab_engine::SELF_TILE);
+    }
+
     /// Per tile: frames sent to the page, and frames replaced by a newer one before the page
     /// was ready for them (dropped on the way to the screen).
     pub fn counts(&self) -> HashMap<String, (u64, u64)> {
@@ -220,6 +226,10 @@ impl FrameHub {
 
     pub fn set_speaking(&self, tile: &str, speaking: bool) {
         self.boxes.lock().unwrap().set_speaking(tile, speaking);
+    }
+
+    pub fn forget_peers(&self) {
+        self.boxes.lock().unwrap().forget_peers();
     }
 
     pub fn push(&self, tile: &str, frame: &I420Frame, frame_no: Option<u32>) {
@@ -390,6 +400,11 @@ mod tests {
         assert_eq!(shown(&mut m, "b", 4), [true; 4], "a big tile stays at full rate");
         m.remove("c");
         assert_eq!(shown(&mut m, "a", 4), [true; 4]);
+        m.set_size("c", 576, 323);
+        m.forget_peers();
+        m.set_size("d", 576, 323);
+        assert_eq!(shown(&mut m, "d", 4), [true; 4], "the last call's people are not on screen");
+        assert_eq!(m.admit("self"), Admit::Show { target: (576, 323), reduced: false }, "our view keeps its size");
     }
 
     #[test]

@@ -188,6 +188,7 @@ async fn join_call(
     cfg.udp_bind = vec![format!("{}:0", state.udp_bind)];
     cfg.tls = tls.clone();
     let fwd = state.frames.clone();
+    fwd.forget_peers();
     let mut call = match Call::join_until(cfg, fwd.clone(), cancel.clone()).await {
         Ok(call) => call,
         Err(confab_engine::CallError::Cancelled) => return Err(JoinFailure::cancelled()),

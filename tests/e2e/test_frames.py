@@ -7,6 +7,7 @@ import pytest
 import websocket
 from selenium.webdriver.common.by import By
 
+from conftest import profile
 from test_app import REMOTE, TILE_PIXELS, fill, frames_drawn
 
 PREVIEW = "#preview [data-tile]"
@@ -31,8 +32,9 @@ def rate(app, selector, secs=2):
 # RGBA; CONFAB_RENDERER=webgl forces the GPU path (I420, converted by a shader), which a
 # desktop with a GPU takes on its own.
 @pytest.mark.parametrize("forced,expected", [(None, "2d"), ("webgl", "webgl")])
-def test_tiles_show_the_pictures_with_either_renderer(app_factory, signal_server, peers, forced, expected):
-    app = app_factory(env={"CONFAB_RENDERER": forced} if forced else None)
+def test_tiles_show_the_pictures_with_either_renderer(app_factory, signal_server, peers, tmp_path, forced, expected):
+    # A fresh profile: earlier tests leave settings (a camera turned off) in the shared one.
+    app = app_factory(env={**profile(tmp_path, "ada"), **({"CONFAB_RENDERER": forced} if forced else {})})
     drawn_pixels(app)
     assert app.js(f"return document.querySelector(\"{PREVIEW}\").dataset.renderer;") == expected
     assert rate(app, PREVIEW) >= 20
@@ -52,8 +54,8 @@ def test_tiles_show_the_pictures_with_either_renderer(app_factory, signal_server
     assert rate(app, REMOTE) >= 20
 
 
-def test_the_frame_stream_is_the_pages_alone(app_factory):
-    app = app_factory()
+def test_the_frame_stream_is_the_pages_alone(app_factory, tmp_path):
+    app = app_factory(env=profile(tmp_path, "ada"))
     drawn_pixels(app)
     url = app.js("return (await window.__TAURI__.core.invoke('frame_stream')).url;")
     assert url.startswith("ws://127.0.0.1:")
