@@ -3,6 +3,8 @@
 //! from each peer. Exit status 0 only if media flowed both ways with every expected peer.
 //! Tests, benchmarks and load tools drive confab through it.
 
+mod snapshot;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ struct Cli {
     #[arg(long)]
     password: Option<String>,
     /// Video to send: synthetic, synthetic:4x3 (a 640x480 circle picture), camera,
-    /// camera:ID or none.
+    /// camera:ID, screen (the whole X11 display), screen:N (its monitor N) or none.
     #[arg(long, default_value = "synthetic")]
     video: VideoSpec,
     /// Audio to send: synthetic, synthetic:HZ, mic, mic:ID or none.
@@ -100,6 +102,9 @@ struct Cli {
     /// Print the voice levels (ours and each peer's, and who is speaking) five times a second.
     #[arg(long)]
     levels: bool,
+    /// At exit, write the last picture from each peer to DIR as NAME-camera.png.
+    #[arg(long, value_name = "DIR")]
+    snapshot: Option<PathBuf>,
 }
 
 fn on_off() -> clap::builder::BoolishValueParser {
@@ -170,6 +175,8 @@ impl VideoRecord {
 #[derive(Default)]
 struct Recorder {
     peers: Mutex<BTreeMap<PeerId, VideoRecord>>,
+    /// The last picture of each peer, kept only for --snapshot.
+    last: Option<Mutex<BTreeMap<PeerId, confab_engine::frame::I420Frame>>>,
 }
 
 impl FrameSink for Recorder {
@@ -179,6 +186,9 @@ impl FrameSink for Recorder {
         r.frames += 1;
         r.arrived(confab_proto::wall_ms());
         r.picture = Some(mean_yuv(&f.frame));
+        if let Some(last) = &self.last {
+            last.lock().unwrap().insert(peer.clone(), f.frame.clone());
+        }
         if let Some(s) = f.stamp {
             r.stamped += 1;
             if let Some(last) = r.last_no {
@@ -278,7 +288,7 @@ async fn run(cli: Cli) -> Result<bool> {
     if let Some(ca) = &cli.ca_cert {
         cfg.tls = TlsOptions::from_file(ca).context("loading --ca-cert")?;
     }
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(Recorder { last: cli.snapshot.as_ref().map(|_| Mutex::default()), ..Default::default() });
     let started = Instant::now();
     let mut call = match Call::join(cfg, recorder.clone()).await {
         Ok(c) => c,
@@ -363,6 +373,15 @@ async fn run(cli: Cli) -> Result<bool> {
     print(&json!({"type": "leaving"}));
     call.leave().await;
 
+    if let (Some(dir), Some(last)) = (&cli.snapshot, &recorder.last) {
+        for (id, frame) in last.lock().unwrap().iter() {
+            let name = summaries.get(id).map(|s| s.name.as_str()).unwrap_or(id.as_str());
+            let path = snapshot::write(dir, &snapshot::file_name(name, "camera"), frame)?;
+            print(
+                &json!({"type": "snapshot", "peer_id": id, "path": path, "width": frame.width, "height": frame.height}),
+            );
+        }
+    }
     let records = recorder.peers.lock().unwrap();
     let mut ok_peers = 0;
     let mut list = Vec::new();

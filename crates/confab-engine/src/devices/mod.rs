@@ -11,6 +11,7 @@ pub mod camera_backend;
 mod nokhwa_backend;
 pub mod pixels;
 pub mod resample;
+pub mod screen;
 pub mod synthetic;
 
 pub use camera_backend::Cameras;
@@ -33,7 +34,7 @@ pub enum DeviceError {
     #[error("{kind} '{name}' failed: {reason}")]
     Failed { kind: &'static str, name: String, reason: String },
     #[error(
-        "unknown device spec '{0}' (expected synthetic, synthetic:4x3, camera[:ID], mic[:ID], speaker[:ID] or none)"
+        "unknown device spec '{0}' (expected synthetic, synthetic:4x3, camera[:ID], screen[:N], mic[:ID], speaker[:ID] or none)"
     )]
     BadSpec(String),
 }
@@ -132,6 +133,8 @@ pub enum VideoSpec {
     /// A 640x480 test picture with a circle in it, for switching and cropping.
     SyntheticFourByThree,
     Camera(Option<String>),
+    /// The screen (X11): monitor N, or the whole display.
+    Screen(Option<u32>),
 }
 
 /// Which audio to send.
@@ -197,6 +200,10 @@ impl std::str::FromStr for VideoSpec {
             None if s == "camera" => Ok(VideoSpec::from_device_id("")),
             Some(_) if s == SYNTHETIC_4X3 => Ok(VideoSpec::SyntheticFourByThree),
             Some(("camera", id)) if !id.is_empty() => Ok(VideoSpec::Camera(Some(id.into()))),
+            None if s == "screen" => Ok(VideoSpec::Screen(None)),
+            Some(("screen", n)) => {
+                n.parse().map(|n| VideoSpec::Screen(Some(n))).map_err(|_| DeviceError::BadSpec(s.into()))
+            }
             _ => Err(DeviceError::BadSpec(s.into())),
         }
     }
@@ -244,6 +251,7 @@ pub fn open_video(
         VideoSpec::Synthetic => Some(Box::new(synthetic::SyntheticVideo::new(width, height, fps))),
         VideoSpec::SyntheticFourByThree => Some(Box::new(synthetic::SyntheticVideo::four_by_three(fps))),
         VideoSpec::Camera(id) => Some(Box::new(camera::Camera::open(cameras, id.as_deref(), width, height, fps)?)),
+        VideoSpec::Screen(n) => Some(Box::new(screen::ScreenCapture::open(*n, fps)?)),
     })
 }
 
