@@ -160,6 +160,13 @@ async fn a_shared_screen_arrives_as_drawn_and_follows_changes() {
     // Stats come once a second: the change itself arrived up to a second before its line.
     let seen = changed_at.elapsed();
     assert!(seen < Duration::from_secs(3), "the change took {seen:?} to show");
+    // Then the screen stays still: about one frame a second goes out, not 15.
+    std::thread::sleep(Duration::from_secs(4));
+    let still = bob.wait_for("a stats line", Duration::from_secs(2), |v| {
+        v["at_ms"].as_u64().is_some_and(|t| t > confab_proto::wall_ms() - 1500) && y_of(v).is_some()
+    });
+    let fps = still["stats"]["fps_received"].as_f64().unwrap();
+    assert!((0.5..=2.5).contains(&fps), "a still screen came at {fps} fps: {still}");
 
     let (ada_ok, _) = tokio::task::spawn_blocking(|| ada.finish()).await.unwrap();
     let (bob_ok, lines) = tokio::task::spawn_blocking(|| bob.finish()).await.unwrap();

@@ -181,7 +181,10 @@ impl LocalMedia {
     fn start_video(&self, spec: &VideoSpec) -> Result<Option<VideoPipeline>, CallError> {
         let f = self.format;
         let Some((src, recovery)) = self.open_video(spec)? else { return Ok(None) };
-        let mut enc = Vp8Config::realtime(f.width, f.height, f.fps);
+        let mut enc = match spec {
+            VideoSpec::Screen(_) => Vp8Config::screen(f.width, f.height, f.fps.min(devices::screen::MAX_FPS)),
+            _ => Vp8Config::realtime(f.width, f.height, f.fps),
+        };
         if let Some(kbps) = f.bitrate_kbps {
             enc.bitrate_kbps = kbps;
         }

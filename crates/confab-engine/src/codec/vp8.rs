@@ -32,6 +32,9 @@ pub struct Vp8Config {
     pub threads: u32,
     /// libvpx speed, -16 (fastest) to 16; real-time calls use -6 to -10.
     pub cpu_used: i32,
+    /// Screen content (text, flat areas, still for long stretches), tuned as libwebrtc tunes
+    /// a screen share.
+    pub screen: bool,
 }
 
 impl Vp8Config {
@@ -43,7 +46,16 @@ impl Vp8Config {
         // (and a decoder per peer beside the encoder) a second thread burns more than it saves.
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let threads = if width * height >= 1280 * 720 && cores >= 4 { 2 } else { 1 };
-        Vp8Config { width, height, fps, bitrate_kbps, threads, cpu_used: -8 }
+        Vp8Config { width, height, fps, bitrate_kbps, threads, cpu_used: -8, screen: false }
+    }
+
+    /// A screen share: the resolution kept (text must stay readable) at a low frame rate,
+    /// about 0.1 bits per pixel per frame: 1080p at 15 fps is 3.1 Mbit/s at most, and a
+    /// still screen costs little whatever the target, since unchanged frames are skipped.
+    pub fn screen(width: u32, height: u32, fps: u32) -> Self {
+        let pixels_per_s = width as u64 * height as u64 * fps as u64;
+        let bitrate_kbps = ((pixels_per_s / 10) / 1000).clamp(300, 3000) as u32;
+        Vp8Config { bitrate_kbps, screen: true, ..Vp8Config::realtime(width, height, fps) }
     }
 }
 
@@ -107,7 +119,9 @@ impl Vp8Encoder {
             cfg.g_pass = vpx::vpx_enc_pass::VPX_RC_ONE_PASS;
             cfg.rc_end_usage = vpx::vpx_rc_mode::VPX_CBR;
             cfg.rc_target_bitrate = settings.bitrate_kbps;
-            cfg.rc_min_quantizer = 2;
+            // A screen's flat areas and text gain nothing from the finest quantizers but their
+            // bits (libwebrtc's screen share starts higher too).
+            cfg.rc_min_quantizer = if settings.screen { 6 } else { 2 };
             // The whole range, and frame dropping when the buffer runs low: without them the
             // encoder cannot get down to what a congested path carries (at 360p, q56 without
             // drops never went under about 220 kbit/s whatever the target).
@@ -133,7 +147,11 @@ impl Vp8Encoder {
             let mut enc = Vp8Encoder { ctx, cfg, settings, pts: 0 };
             enc.control(vpx::vp8e_enc_control_id::VP8E_SET_CPUUSED as c_int, settings.cpu_used)?;
             enc.control(vpx::vp8e_enc_control_id::VP8E_SET_NOISE_SENSITIVITY as c_int, 0)?;
-            enc.control(vpx::vp8e_enc_control_id::VP8E_SET_STATIC_THRESHOLD as c_int, 1)?;
+            // Screen content mode (2: its rate control may drop frames rather than blur text);
+            // a static threshold that leaves unchanged blocks alone.
+            let (content_mode, static_threshold) = if settings.screen { (2, 100) } else { (0, 1) };
+            enc.control(vpx::vp8e_enc_control_id::VP8E_SET_SCREEN_CONTENT_MODE as c_int, content_mode)?;
+            enc.control(vpx::vp8e_enc_control_id::VP8E_SET_STATIC_THRESHOLD as c_int, static_threshold)?;
             enc.control(vpx::vp8e_enc_control_id::VP8E_SET_MAX_INTRA_BITRATE_PCT as c_int, 300)?;
             enc.control(
                 vpx::vp8e_enc_control_id::VP8E_SET_TOKEN_PARTITIONS as c_int,

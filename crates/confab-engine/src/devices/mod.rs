@@ -251,7 +251,7 @@ pub fn open_video(
         VideoSpec::Synthetic => Some(Box::new(synthetic::SyntheticVideo::new(width, height, fps))),
         VideoSpec::SyntheticFourByThree => Some(Box::new(synthetic::SyntheticVideo::four_by_three(fps))),
         VideoSpec::Camera(id) => Some(Box::new(camera::Camera::open(cameras, id.as_deref(), width, height, fps)?)),
-        VideoSpec::Screen(n) => Some(Box::new(screen::ScreenCapture::open(*n, fps)?)),
+        VideoSpec::Screen(n) => Some(Box::new(screen::ScreenCapture::open(*n, fps.min(screen::MAX_FPS))?)),
     })
 }
 

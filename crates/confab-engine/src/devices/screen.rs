@@ -18,6 +18,12 @@ use crate::frame::I420Frame;
 
 const KIND: &str = "screen";
 
+/// A screen share keeps its resolution and gives up frame rate: at most this many a second.
+pub const MAX_FPS: u32 = 15;
+/// A screen that does not change is sent this often (a receiver that lost a frame, or just
+/// joined, gets a picture within this time).
+const STILL_EVERY: Duration = Duration::from_secs(1);
+
 /// A part of the root window: a monitor, or all of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Area {
@@ -103,6 +109,9 @@ pub struct ScreenCapture {
     period: Duration,
     next: Option<Instant>,
     name: String,
+    /// The last picture sent (BGRX) and when, to skip the ones that are the same.
+    last: Vec<u8>,
+    last_sent: Option<Instant>,
 }
 
 fn failed(reason: impl std::fmt::Display) -> DeviceError {
@@ -151,12 +160,15 @@ impl ScreenCapture {
             reader,
             period: Duration::from_secs_f64(1.0 / fps.clamp(1, 60) as f64),
             next: None,
+            last: Vec::new(),
+            last_sent: None,
             name: format!("Screen {} ({}x{})", n.unwrap_or(0), area.width, area.height),
         })
     }
 
-    /// One picture of the area, as BGRX rows, converted.
-    fn grab(&mut self) -> Result<I420Frame, DeviceError> {
+    /// One picture of the area, converted; `None` if it is the one sent last and that was
+    /// less than `STILL_EVERY` ago.
+    fn grab(&mut self) -> Result<Option<I420Frame>, DeviceError> {
         let a = self.area;
         let z = ImageFormat::Z_PIXMAP.into();
         let owned;
@@ -180,7 +192,15 @@ impl ScreenCapture {
                 &owned
             }
         };
-        bgrx_to_i420(bgrx, a.width as u32, a.height as u32).map_err(failed)
+        let now = Instant::now();
+        let fresh = self.last_sent.is_none_or(|t| now.duration_since(t) >= STILL_EVERY);
+        if !fresh && bgrx == self.last.as_slice() {
+            return Ok(None);
+        }
+        self.last.clear();
+        self.last.extend_from_slice(bgrx);
+        self.last_sent = Some(now);
+        bgrx_to_i420(bgrx, a.width as u32, a.height as u32).map(Some).map_err(failed)
     }
 }
 
@@ -233,15 +253,18 @@ impl VideoSource for ScreenCapture {
     }
 
     fn next_frame(&mut self) -> Result<Option<CapturedFrame>, DeviceError> {
-        let due = *self.next.get_or_insert_with(Instant::now);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        loop {
+            let due = *self.next.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            // A slow grab does not make the next ones hurry to catch up.
+            self.next = Some(due.max(now) + self.period);
+            if let Some(frame) = self.grab()? {
+                return Ok(Some(CapturedFrame { frame, capture_ms: confab_proto::wall_ms(), stamp: None }));
+            }
         }
-        // A slow grab does not make the next ones hurry to catch up.
-        self.next = Some(due.max(now) + self.period);
-        let frame = self.grab()?;
-        Ok(Some(CapturedFrame { frame, capture_ms: confab_proto::wall_ms(), stamp: None }))
     }
 }
 
