@@ -57,7 +57,7 @@ fn paint(display: String, moving: bool, stop: Arc<AtomicBool>) -> std::thread::J
                 let x = (t as i32 * 12 % (W as i32 - 300)) as i16;
                 fill(0xf0f0f0, &[Rectangle { x: 0, y: 900, width: W, height: 160 }]);
                 fill(0x3050c0, &[Rectangle { x, y: 900, width: 300, height: 160 }]);
-                let shift = (t % 16) as i16;
+                let shift = t % 16;
                 fill(0xf0f0f0, &[Rectangle { x: 100, y: 60, width: 1700, height: 800 }]);
                 let text: Vec<Rectangle> = (0..50)
                     .flat_map(|row| {
