@@ -14,6 +14,7 @@
 //! for a tile until then.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{FrameHub, PixelFormat};
+
+/// How long a connection may take to become a WebSocket.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(5);
 
 /// Origins our own page has: WebKitGTK's custom scheme, and the form Tauri uses elsewhere.
 const APP_ORIGINS: [&str; 2] = ["tauri://localhost", "http://tauri.localhost"];
@@ -56,28 +60,40 @@ impl FrameStream {
 }
 
 async fn accept_loop(listener: TcpListener, path: String, hub: Arc<FrameHub>, stop: CancellationToken) {
-    let mut page = CancellationToken::new();
+    let path: Arc<str> = path.into();
+    // The page's connection; a new one (the page reloaded) replaces it.
+    let page = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
     loop {
         let tcp = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
+                    // Out of descriptors, say: try again in a moment rather than spin.
                     tracing::warn!(error = %e, "frame stream: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let _ = tcp.set_nodelay(true);
-        let Some(ws) = handshake(tcp, &path).await else { continue };
-        // The page reloaded (or reconnected): the old connection ends, and what it had in
-        // flight will never be acked.
-        page.cancel();
-        page = stop.child_token();
-        hub.page_gone();
-        tokio::spawn(serve_page(ws, hub.clone(), page.clone()));
+        let (path, hub, page, stop) = (path.clone(), hub.clone(), page.clone(), stop.clone());
+        // Each handshake on its own task, with a deadline: a local process that connects and
+        // says nothing must not keep the page out.
+        tokio::spawn(async move {
+            let Ok(Some(ws)) = tokio::time::timeout(HANDSHAKE_TIME, handshake(tcp, &path)).await else { return };
+            let token = {
+                let mut current = page.lock().unwrap();
+                // What the old connection had in flight will never be acked.
+                current.cancel();
+                *current = stop.child_token();
+                current.clone()
+            };
+            hub.page_gone();
+            serve_page(ws, hub, token).await;
+        });
     }
-    page.cancel();
+    page.lock().unwrap().cancel();
 }
 
 async fn handshake(tcp: TcpStream, path: &str) -> Option<tokio_tungstenite::WebSocketStream<TcpStream>> {
@@ -186,7 +202,14 @@ mod tests {
         req.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
         assert!(tokio_tungstenite::connect_async(req).await.is_err());
 
-        let (mut ws, _) = tokio_tungstenite::connect_async(&stream.url).await.unwrap();
+        // Someone connects and says nothing: the page still gets in.
+        let addr = stream.url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
+        let _silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut ws, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(2), tokio_tungstenite::connect_async(&stream.url))
+                .await
+                .expect("a silent connection kept the page out")
+                .unwrap();
         ws.send(Message::text("format rgba")).await.unwrap();
         frame(&hub, "a", 1);
         assert_eq!(next_frame_no(&mut ws).await, 1);
