@@ -54,7 +54,9 @@ export class FrameStream {
   draw() {
     this.scheduled = false;
     for (const [id, f] of this.pending) {
-      this.tileFor(id)?.draw(f);
+      // One tile that cannot draw (a WebGL context lost, say) must not stop the others, nor
+      // its own acks: Rust would never send that tile another frame.
+      try { this.tileFor(id)?.draw(f); } catch (e) { console.warn('tile', id, e); }
       // Drawn, or replaced by a newer one, or nowhere to draw it: each frame received makes
       // room for the next.
       for (let n = this.unacked.get(id) || 0; n > 0 && this.ws?.readyState === WebSocket.OPEN; n--) this.ws.send(`drawn ${id}`);
