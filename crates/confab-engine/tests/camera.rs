@@ -527,8 +527,9 @@ async fn switching_cameras_mid_call_keeps_the_connection_and_sends_a_keyframe() 
     let _ = events_until(&mut p.bob, Duration::from_millis(20), |_| false).await;
     let asked = Instant::now();
     p.ada.switch_video(VideoSpec::Camera(Some("desk".into()))).await.expect("switch");
-    // The new camera's picture within a second (a keyframe at once, not at the next
-    // keyframe request).
+    // The new camera's picture promptly: a keyframe at once, not the 10 s periodic one. The
+    // bound is 2 s, not 1: closing one camera and opening the other took up to 1.6 s on this
+    // 2-core machine under a full CI run (2 runs in 9 over 1 s, the rest 0.2-0.9 s).
     wait_until(
         Duration::from_secs(3),
         || p.seen.stamps.lock().unwrap().iter().any(|(at, s)| *at >= asked && s.frame_no >= 50_000),
@@ -537,7 +538,7 @@ async fn switching_cameras_mid_call_keeps_the_connection_and_sends_a_keyframe() 
     .await;
     let first_new = p.seen.stamps.lock().unwrap().iter().find(|(_, s)| s.frame_no >= 50_000).unwrap().0;
     let took = first_new.duration_since(asked);
-    assert!(took < Duration::from_secs(1), "the new picture took {took:?}");
+    assert!(took < Duration::from_secs(2), "the new picture took {took:?}");
     // The front camera was let go; the same peer connection carries on.
     let evs = events_until(&mut p.bob, Duration::from_secs(2), |_| false).await;
     let churn: Vec<_> = evs
