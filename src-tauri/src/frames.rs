@@ -39,10 +39,11 @@ impl PixelFormat {
     }
 }
 
-/// Frames per tile sent and not yet drawn. One would do if the way to the page and back were
-/// instant; on a busy machine the round trip (app, WebKit's network process, the page's next
-/// refresh, the ack) takes longer than a frame, and with one in flight a tile showed a third
-/// of its frames (3 remote tiles on 2 cores: 9.5 fps drawn of 30 decoded).
+/// Frames per tile sent and not yet drawn. One would do if the way to the page and back (the
+/// app, WebKit's network process, the page's next refresh, the ack) were always shorter than
+/// a frame; on a busy machine it is not, and a second frame already at the page is drawn at
+/// the next refresh instead of a round trip later. (Not shown to matter in the benchmark: with
+/// 3 remote tiles on 2 cores the peers starved the machine, and 1 or 2 both drew ~9 fps.)
 const IN_FLIGHT: u8 = 2;
 
 /// With this many tiles on screen (self view included), small tiles of people who are not
