@@ -106,7 +106,15 @@ fn with_planes(
     raw: &RawFrame,
     f: impl FnOnce(&mut YuvPlanarImageMut<u8>) -> Result<(), yuv::YuvError>,
 ) -> Result<I420Frame, BadFrame> {
-    let (width, height) = (raw.width, raw.height);
+    into_i420(raw.width, raw.height, f).map_err(|e| BadFrame::Refused { format: raw.format, reason: e.to_string() })
+}
+
+/// Runs a `yuv` kernel that writes planar 4:2:0 into a new I420 frame of `width` x `height`.
+pub(crate) fn into_i420(
+    width: u32,
+    height: u32,
+    f: impl FnOnce(&mut YuvPlanarImageMut<u8>) -> Result<(), yuv::YuvError>,
+) -> Result<I420Frame, yuv::YuvError> {
     let mut out = I420Frame::new(width, height);
     let cw = out.chroma_width() as u32;
     let (y, u, v) = out.planes_mut();
@@ -120,7 +128,7 @@ fn with_planes(
         width,
         height,
     };
-    f(&mut planar).map_err(|e| BadFrame::Refused { format: raw.format, reason: e.to_string() })?;
+    f(&mut planar)?;
     Ok(out)
 }
 

@@ -11,7 +11,7 @@ use x11rb::protocol::randr::ConnectionExt as _;
 use x11rb::protocol::shm::ConnectionExt as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat, Window};
 use x11rb::rust_connection::RustConnection;
-use yuv::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
+use yuv::{YuvConversionMode, YuvRange, YuvStandardMatrix};
 
 use super::{CapturedFrame, DeviceError, VideoSource};
 use crate::frame::I420Frame;
@@ -222,29 +222,17 @@ pub fn bgrx_to_i420(bgrx: &[u8], width: u32, height: u32) -> Result<I420Frame, S
     if bgrx.len() < width as usize * height as usize * 4 {
         return Err(format!("{} bytes for a {width}x{height} picture", bgrx.len()));
     }
-    let mut out = I420Frame::new(width, height);
-    let cw = out.chroma_width() as u32;
-    let (y, u, v) = out.planes_mut();
-    let mut planar = YuvPlanarImageMut {
-        y_plane: BufferStoreMut::Borrowed(y),
-        y_stride: width,
-        u_plane: BufferStoreMut::Borrowed(u),
-        u_stride: cw,
-        v_plane: BufferStoreMut::Borrowed(v),
-        v_stride: cw,
-        width,
-        height,
-    };
-    yuv::bgra_to_yuv420(
-        &mut planar,
-        bgrx,
-        width * 4,
-        YuvRange::Limited,
-        YuvStandardMatrix::Bt601,
-        YuvConversionMode::Balanced,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out)
+    super::pixels::into_i420(width, height, |planar| {
+        yuv::bgra_to_yuv420(
+            planar,
+            bgrx,
+            width * 4,
+            YuvRange::Limited,
+            YuvStandardMatrix::Bt601,
+            YuvConversionMode::Balanced,
+        )
+    })
+    .map_err(|e| e.to_string())
 }
 
 impl VideoSource for ScreenCapture {
