@@ -9,46 +9,34 @@
 //! Figures, not assertions. Both peers share the machine's 2 cores, and each peer's CPU
 //! includes drawing its synthetic picture (a camera delivers frames for free).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-
-const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
+use support::{arg, run_to_end, PEER};
 
 struct Run {
     summary: Value,
     cpu_s: f64,
 }
 
-fn arg(name: &str, default: &str) -> String {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1).cloned()).unwrap_or_else(|| default.into())
-}
-
-/// Runs a peer to completion; returns its summary and CPU seconds (from wait4's rusage).
-// The child is reaped by libc::wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
+/// Runs a peer to completion; returns its summary and CPU seconds.
 fn run_peer(url: &str, room: &str, name: &str, size: &str, secs: f64, hz: &str) -> std::thread::JoinHandle<Run> {
-    let mut child = Command::new(PEER)
-        .args(["--server", url, "--room", room, "--name", name, "--bind", "127.0.0.1", "--size", size])
-        .args(["--duration", &secs.to_string(), "--audio", hz, "--quiet-stats"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start confab-peer");
-    let out = child.stdout.take().unwrap();
+    let mut cmd = Command::new(PEER);
+    cmd.args(["--server", url, "--room", room, "--name", name, "--bind", "127.0.0.1", "--size", size]).args([
+        "--duration",
+        &secs.to_string(),
+        "--audio",
+        hz,
+        "--quiet-stats",
+    ]);
+    let done = run_to_end(cmd);
     std::thread::spawn(move || {
-        let lines: Vec<Value> =
-            BufReader::new(out).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
-        let mut status = 0;
-        // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let (lines, cpu_s) = done.join().unwrap();
         let summary = lines.into_iter().find(|l| l["type"] == "summary").unwrap_or(Value::Null);
-        Run { summary, cpu_s: tv(usage.ru_utime) + tv(usage.ru_stime) }
+        Run { summary, cpu_s }
     })
 }
 

@@ -16,19 +16,17 @@
 //!
 //! Figures, not assertions. Needs coturn (scripts/bootstrap).
 
+#[path = "support/mod.rs"]
+mod bench;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
+use bench::arg;
 use confab_netsim::Impairment;
 use serde_json::Value;
 use support::*;
-
-fn arg(name: &str, default: &str) -> String {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1).cloned()).unwrap_or_else(|| default.into())
-}
 
 fn first_frame(p: &Peer) {
     p.wait_for("the first picture", Duration::from_secs(20), |v| v["type"] == "first_frame");

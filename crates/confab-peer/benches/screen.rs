@@ -9,25 +9,24 @@
 //! Figures, not assertions. Target (issue 14): under half a core (30 CPU-s per minute) for
 //! 1080p at 15 fps.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+#[path = "../tests/support/xvfb.rs"]
+mod xvfb;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::{arg, run_to_end, PEER};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, CreateGCAux, Rectangle};
 use x11rb::wrapper::ConnectionExt as _;
+use xvfb::Xvfb;
 
-const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
 const W: u16 = 1920;
 const H: u16 = 1080;
-
-fn arg(name: &str, default: &str) -> String {
-    let argv: Vec<String> = std::env::args().collect();
-    argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1).cloned()).unwrap_or_else(|| default.into())
-}
 
 /// Paints until `stop`: a desktop-like picture, and if `moving`, a block sweeping across and
 /// bars scrolling, 30 times a second.
@@ -78,42 +77,17 @@ fn paint(display: String, moving: bool, stop: Arc<AtomicBool>) -> std::thread::J
     })
 }
 
-/// Runs a peer to completion; returns its lines and CPU seconds (from wait4's rusage).
-// The child is reaped by libc::wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
 fn run_peer(display: &str, args: &[&str]) -> std::thread::JoinHandle<(Vec<Value>, f64)> {
-    let mut child = Command::new(PEER)
-        .env("DISPLAY", display)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start confab-peer");
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let lines: Vec<Value> =
-            BufReader::new(out).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect();
-        let mut status = 0;
-        // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        (lines, tv(usage.ru_utime) + tv(usage.ru_stime))
-    })
+    let mut cmd = Command::new(PEER);
+    cmd.env("DISPLAY", display).args(args);
+    run_to_end(cmd)
 }
 
 fn main() {
     let secs: f64 = arg("--secs", "15").parse().expect("--secs");
     let rates = arg("--fps", "5,15");
-    let mut xvfb = Command::new("Xvfb")
-        .args(["-displayfd", "1", "-screen", "0", &format!("{W}x{H}x24"), "-nolisten", "tcp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("Xvfb");
-    let mut line = String::new();
-    BufReader::new(xvfb.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let display = format!(":{}", line.trim());
+    let xvfb = Xvfb::start(W, H);
+    let display = xvfb.display.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let srv = rt.block_on(async {
         let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
@@ -156,6 +130,4 @@ fn main() {
     }
     println!("{}", serde_json::json!({"type": "screen_bench", "runs": json}));
     rt.block_on(srv.shutdown());
-    let _ = xvfb.kill();
-    let _ = xvfb.wait();
 }

@@ -5,11 +5,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::BufReader;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::xvfb::Xvfb;
 use support::*;
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{ChangeGCAux, ConnectionExt as _, CreateGCAux, Rectangle};
@@ -17,33 +18,6 @@ use x11rb::wrapper::ConnectionExt as _;
 
 const W: u16 = 1280;
 const H: u16 = 720;
-
-struct Xvfb {
-    child: Child,
-    display: String,
-}
-
-impl Xvfb {
-    fn start() -> Xvfb {
-        // -displayfd: Xvfb picks a free display and says which once it is ready.
-        let mut child = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", &format!("{W}x{H}x24"), "-nolisten", "tcp"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb (scripts/bootstrap installs xvfb)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        Xvfb { child, display: format!(":{}", line.trim()) }
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Draws on the root window: four quadrants (`top_left`, green, blue, white) and, in the
 /// white one, black bars 4 px wide every 8 px: edges that only stay sharp if the picture does.
@@ -100,7 +74,7 @@ fn near(got: [f64; 3], want: [f64; 3], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_screen_arrives_as_drawn_and_follows_changes() {
     let _turn = ONE_CALL_AT_A_TIME.lock().await;
-    let x = Xvfb::start();
+    let x = Xvfb::start(W, H);
     let _painter = draw(&x.display, 0xff0000);
     let cfg = confab_signal::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let srv = confab_signal::Server::bind(cfg).await.unwrap().spawn();

@@ -14,6 +14,7 @@ use confab_netsim::{Impairment, Relay};
 use serde_json::Value;
 
 pub mod sound;
+pub mod xvfb;
 
 pub const PEER: &str = env!("CARGO_BIN_EXE_confab-peer");
 
